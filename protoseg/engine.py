@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec field, e.g. --set model.head=parametric")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)  # the progress bar shows the rest; train.log has it all
+    logging.basicConfig(handlers=[console], format="%(levelname)s %(message)s")
     try:
         raw = {}
         if args.spec:
