@@ -182,7 +182,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool]) -> dict:
         # its own generator: creating the loader must not draw from the global RNG
         generator=torch.Generator().manual_seed(tcfg["seed"]))
     bar = tqdm(total=iterations, initial=start, disable=not tcfg["progress"], dynamic_ncols=True,
-               desc=run_dir.name, mininterval=1.0, file=sys.stderr)
+               desc=run_dir.name, file=sys.stderr,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
     model.train()
     tick = time.perf_counter()
     for it, (images, labels) in enumerate(loader, start=start):

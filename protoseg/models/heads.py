@@ -67,16 +67,19 @@ class PrototypeHead(nn.Module):
         the momentum update from correctly predicted pixels. fp32 throughout."""
         k, m = self.num_classes, self.num_prototypes
         with torch.autocast(device_type=emb.device.type, enabled=False):
-            own = sim.float().reshape(-1, k, m).gather(1, target.clamp(min=0)[:, None, None].expand(-1, 1, m))
-            plan = P.sinkhorn_plan(own[:, 0], target, k, self.cfg["sinkhorn_epsilon"],
-                                   self.cfg["sinkhorn_iterations"])
-            proto_target = torch.where(target >= 0, target * m + plan.argmax(dim=1), -1)
+            own_slots = target.clamp(min=0)[:, None] * m + torch.arange(m, device=target.device)
+            plan = P.sinkhorn_plan(sim.float().gather(1, own_slots), target, k,
+                                   self.cfg["sinkhorn_epsilon"], self.cfg["sinkhorn_iterations"])
+            best = plan.argmax(dim=1)
+            proto_target = torch.where(target >= 0, target * m + best, -1)
             if self.training and self.cfg["update_prototypes"]:
-                correct = (scores.argmax(dim=1) == target).float()
-                chosen = P.assign(plan, self.cfg["update_assignment"])
+                correct = scores.argmax(dim=1) == target
+                chosen = best if self.cfg["update_assignment"] == "argmax" else P.assign(plan, "gumbel")
                 new = P.momentum_update(self.prototypes.float(), emb.float(), target, chosen, correct,
                                         self.cfg["gamma"])
-                self.prototypes = P.average_over_ranks(new).to(self.prototypes.dtype)
+                # the official code re-normalises at the next forward; a mean of unit vectors is not unit
+                new = F.normalize(P.average_over_ranks(new), p=2, dim=-1)
+                self.prototypes = new.to(self.prototypes.dtype)
         return proto_target
 
 

@@ -52,8 +52,7 @@ def assign(plan: torch.Tensor, mode: str = "gumbel", generator: torch.Generator 
         return plan.argmax(dim=1)
     if mode != "gumbel":
         raise ValueError(f"update_assignment is {mode!r}; valid: gumbel, argmax")
-    uniform = torch.rand(plan.shape, generator=generator, device=plan.device, dtype=plan.dtype)
-    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)).clamp(min=1e-20))
+    gumbel = -torch.empty_like(plan).exponential_(generator=generator).log()  # as F.gumbel_softmax draws it
     return (plan + gumbel).argmax(dim=1)
 
 
@@ -64,19 +63,23 @@ def momentum_update(prototypes: torch.Tensor, embeddings: torch.Tensor, labels: 
 
     prototypes (K, M, D); embeddings (N, D) unit vectors; labels (N,) class
     ids (negative = ignore); assignment (N,) prototype index within the class;
-    weights (N,) (1 for pixels that count, 0 otherwise). Every prototype with
-    positive total weight becomes gamma p + (1 - gamma) l2norm(sum w e); then
-    all prototypes are L2-normalised. Returns a new (K, M, D) tensor.
+    weights (N,) bool (the pixels that count: the official update's correctly
+    predicted ones) or real-valued. Every prototype with positive total weight
+    becomes gamma p + (1 - gamma) l2norm(sum w e); then all prototypes are
+    L2-normalised. Returns a new (K, M, D) tensor.
     """
     k, m, d = prototypes.shape
-    valid = labels >= 0
-    slot = labels.clamp(min=0) * m + assignment
-    w = (weights.float() * valid).to(embeddings.dtype)
-    sums = embeddings.new_zeros(k * m, d).index_add_(0, slot, embeddings * w.unsqueeze(1))
-    mass = w.new_zeros(k * m).index_add_(0, slot, w)
+    counts = (labels >= 0) & (weights > 0)
+    # Pixels that do not count go to a spare row k*m, dropped afterwards:
+    # cheaper than masking, and no data-dependent shapes (no host sync).
+    slot = torch.where(counts, labels.clamp(min=0) * m + assignment, k * m)
+    if weights.dtype != torch.bool:  # real weights need the (N, D) product; a mask does not
+        embeddings = embeddings * weights.to(embeddings.dtype).unsqueeze(1)
+    sums = embeddings.new_zeros(k * m + 1, d).index_add_(0, slot, embeddings)[:-1]
+    hits = embeddings.new_zeros(k * m + 1).index_add_(0, slot, counts.to(embeddings.dtype))[:-1]
     old = prototypes.reshape(k * m, d).to(sums.dtype)
     moved = gamma * old + (1.0 - gamma) * F.normalize(sums, p=2, dim=1)
-    new = torch.where((mass > 0).unsqueeze(1), moved, old)
+    new = torch.where((hits > 0).unsqueeze(1), moved, old)
     return F.normalize(new, p=2, dim=1).reshape(k, m, d).to(prototypes.dtype)
 
 
