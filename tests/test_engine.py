@@ -120,3 +120,14 @@ def test_cli_rejects_an_unknown_key_before_running(tmp_path):
     assert result.returncode == 2
     assert "bad.yaml" in result.stderr and "model.hed" in result.stderr and "did you mean 'head'" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/camvid-240x180").is_dir(),
+                    reason="../shared/data/camvid-240x180 is not present")
+def test_a_run_on_real_camvid_images(tmp_path):
+    root = Path(__file__).resolve().parents[2] / "shared/data/camvid-240x180"
+    spec = tiny_spec(data={"dataset": "camvid", "root": str(root), "crop_size": [64, 64], "batch_size": 2},
+                     train={"iterations": 2, "checkpoint_interval": 2, "progress": False, "threads": 2})
+    metrics = engine.run(spec, tmp_path)
+    assert metrics["num_classes"] == 11 and metrics["class_names"][0] == "Sky"
+    assert sum(map(sum, metrics["confusion"])) > 101 * 180 * 240 * 0.8  # every val frame, void left out
