@@ -1,0 +1,246 @@
+"""`harness run | status | report` over a results folder."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .matrix import MatrixError
+from .store import Store
+
+
+def _sweep_name(target: str) -> str:
+    """A sweep name from an experiment file (its `sweep:` key, else its stem) or the name itself."""
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise MatrixError(f"{path}: no such experiment file")
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise MatrixError(f"{path}: malformed YAML: {err}") from None
+        return (doc.get("sweep") if isinstance(doc, dict) else None) or path.stem
+    return target
+
+
+def _sweeps(results: Path, target: str | None) -> list[Store]:
+    if target:
+        store = Store(results, _sweep_name(target))
+        if not store.dir.is_dir():
+            known = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != "paper") if results.is_dir() else []
+            raise MatrixError(f"no sweep '{store.sweep}' under {results}; known: {', '.join(known) or '(none)'}")
+        return [store]
+    if not results.is_dir():
+        return []
+    return [Store(results, p.name) for p in sorted(results.iterdir())
+            if p.is_dir() and p.name != "paper" and (p / "sweep.json").exists()]
+
+
+def _matches(spec, only: str | None) -> bool:
+    """--only 'model.head=parametric,train.seed=0' or a run id prefix."""
+    if not only:
+        return True
+    from protoseg import config
+
+    for term in only.split(","):
+        key, sep, value = term.partition("=")
+        if not sep:
+            if not spec.run_id.startswith(term.strip()):
+                return False
+            continue
+        try:
+            actual = config.get(spec.spec, key.strip())
+        except (KeyError, TypeError):
+            raise MatrixError(f"--only {only!r}: unknown spec path '{key.strip()}'") from None
+        if actual != yaml.safe_load(value):
+            return False
+    return True
+
+
+def _plan(store: Store, runs, args, stale_after) -> list[tuple[object, str]]:
+    plan = []
+    for spec in runs:
+        state = store.state(spec.run_id, stale_after)
+        if state == "done":
+            action = "rerun" if args.force else "skip (done)"
+        elif state == "running":
+            action = "skip (running elsewhere)"
+        elif state == "failed":
+            action = ("resume" if store.has_checkpoint(spec.run_id) else "run") if args.retry_failed \
+                else "skip (failed; --retry-failed)"
+        else:
+            action = "resume" if store.has_checkpoint(spec.run_id) else "run"
+        plan.append((spec, action))
+    return plan
+
+
+def _settings(settings: dict) -> str:
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
+
+
+def cmd_run(args) -> int:
+    from . import backends, matrix, report
+
+    overrides = matrix.parse_overrides(args.set)
+    if args.backend:
+        overrides.append(("executor.backend", args.backend))
+    if args.jobs:
+        overrides.append(("executor.jobs", args.jobs))
+    sweep = matrix.load(args.file, overrides)
+    runs = [r for r in sweep.runs if _matches(r, args.only)]
+    store = Store(args.results, sweep.name)
+    stale_after = sweep.executor["stale_after"]
+    plan = _plan(store, runs, args, stale_after)
+    width = max((len(_settings(r.settings)) for r in runs), default=0)
+    print(f"sweep {sweep.name}: {len(sweep.runs)} cells, {len(runs)} selected -> {store.dir}")
+    for spec, action in plan:
+        print(f"  {spec.run_id}  {_settings(spec.settings):<{width}}  {action}")
+    todo = [spec for spec, action in plan if action in ("run", "resume", "rerun")]
+    if args.dry_run:
+        print(f"dry run: {len(todo)} would run")
+        return 0
+    store.record_sweep(args.file, matrix.git_commit(), sweep.executor, [r.run_id for r in sweep.runs])
+    for spec in sweep.runs:
+        store.prepare(spec.run_id, spec.spec, spec.settings)
+    for spec, action in plan:
+        if action == "rerun":  # keep the old result: move it aside, never delete it
+            aside = store.dir / ".replaced" / f"{spec.run_id}-{int(time.time())}"
+            aside.parent.mkdir(exist_ok=True)
+            shutil.move(str(store.run_dir(spec.run_id)), str(aside))
+            store.prepare(spec.run_id, spec.spec, spec.settings)
+    run_backend = backends.get(sweep.executor["backend"])
+    start = time.time()
+    try:
+        final = run_backend(store, todo, sweep.executor) if todo else {}
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    failed = [rid for rid, state in final.items() if state == "failed"]
+    counts = {s: list(final.values()).count(s) for s in dict.fromkeys(final.values())}
+    print(f"\n{len(final)} run(s) in {time.time() - start:.0f}s: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()) if final else "\nnothing to run")
+    for rid in failed:
+        print(f"  failed {rid}: {store.status(rid).get('error')}  (traceback: {store.run_dir(rid) / 'error.txt'})")
+    frame = report.load_runs([store.dir])
+    if not frame.empty:
+        agg = report.aggregate(frame)
+        print("\n" + report.render(agg, "md", report.caption(frame)))
+    return min(len(failed), 125)
+
+
+def _status_lines(store: Store, stale_after: float) -> list[str]:
+    rows = store.rows(stale_after)
+    lines = [f"sweep {store.sweep} ({store.dir})"]
+    counts: dict[str, int] = {}
+    for row in rows:
+        state = row["state"]
+        counts[state] = counts.get(state, 0) + 1
+        progress = ""
+        if state == "running" and row.get("progress"):
+            p = row["progress"]
+            progress = f"{p['iteration']}/{p['iterations']}"
+        miou = f"mIoU {row['mIoU']:.2f}" if state == "done" and row.get("mIoU") is not None else ""
+        error = (row.get("error") or "")[:80] if state in ("failed", "crashed", "cancelled") else ""
+        job = f"job {row['job_id']}" if row.get("job_id") else ""
+        lines.append(f"  {row['run_id']}  {_settings(row.get('settings', {})):<40} {state:<9} "
+                     f"{progress:>9} {miou:>11} {job} {error}".rstrip())
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines.append(f"{len(rows)} runs: {summary or 'none'}")
+    return lines
+
+
+def cmd_status(args) -> int:
+    stores = _sweeps(args.results, args.target)
+    if not stores:
+        print(f"no sweeps under {args.results}")
+        return 0
+    while True:
+        text = "\n".join(line for s in stores for line in _status_lines(s, args.stale_after))
+        if not args.watch:
+            print(text)
+            return 0
+        sys.stdout.write("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S ") + text + "\n")
+        sys.stdout.flush()
+        time.sleep(args.interval)
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    stores = _sweeps(args.results, args.target)
+    frame = report.load_runs([s.dir for s in stores])
+    if frame.empty:
+        print("no finished runs (no metrics.json) to report", file=sys.stderr)
+        return 1
+    agg = report.aggregate(frame)
+    text = report.render(agg, args.format, report.caption(frame))
+    if args.out:
+        from protoseg.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    if args.plots:
+        from . import plots
+
+        frame["method"] = report.method_labels(frame)
+        for path in plots.all_figures(frame, args.results.resolve(), Path(args.plots)):
+            print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, report")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
+        return p
+
+    run = add("run", "run every cell of an experiment file that is not done")
+    run.add_argument("file")
+    run.add_argument("--dry-run", action="store_true", help="print the plan only")
+    run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    run.add_argument("--force", action="store_true", help="rerun done cells (the old run is moved to .replaced/)")
+    run.add_argument("--only", help="key.path=value[,...] or a run id prefix")
+    run.add_argument("--backend", choices=("local", "slurm", "ray"))
+    run.add_argument("--jobs", type=int, help="local backend: runs at once")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override executor.<key> or base.<spec path>")
+    run.set_defaults(func=cmd_run)
+
+    status = add("status", "one line per run and a summary")
+    status.add_argument("target", nargs="?", help="experiment file or sweep name (default: all)")
+    status.add_argument("--watch", action="store_true")
+    status.add_argument("--interval", type=float, default=2.0)
+    status.add_argument("--stale-after", type=float, default=120.0)
+    status.set_defaults(func=cmd_status)
+
+    rep = add("report", "paper-style table of a sweep")
+    rep.add_argument("target", nargs="?", help="experiment file or sweep name (default: all)")
+    rep.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    rep.add_argument("--out", help="write the table to this file")
+    rep.add_argument("--plots", help="also write PNG figures to this folder")
+    rep.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MatrixError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

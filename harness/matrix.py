@@ -1,0 +1,253 @@
+"""Experiment YAML -> fully resolved run specs with stable run ids.
+
+    sweep: quickstart                 # results/<sweep>/
+    base: {model: {...}, data: {...}} # a partial run spec
+    presets:                          # named bundles of spec paths
+      r18: {model.backbone: resnet18, train.lr: 0.01}
+    matrix:                           # spec path -> list of values; cartesian product
+      preset: [r18]
+      model.head: [parametric, nonparametric]
+    include: [{...}]                  # extra cells (axis values), after the product
+    exclude: [{...}]                  # drop cells that match every given value
+    executor: {backend: local, jobs: 2}
+
+Every cell is resolved against `protoseg.config` and validated before
+anything runs; an error names the file, the key path and the valid choices.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from protoseg import config
+
+TOP_KEYS = ("sweep", "description", "base", "presets", "matrix", "include", "exclude", "executor")
+# Resource and display fields: they do not change the experiment, so not its id.
+NOT_HASHED = ("train.threads", "train.progress", "train.device", "data.num_workers")
+# Fields that mean nothing to a parametric head: reset, so its cells collapse into one.
+PROTOTYPE_ONLY = ("embed_dim", "num_prototypes", "gamma", "update_prototypes", "update_assignment",
+                  "sinkhorn_epsilon", "sinkhorn_iterations", "proj_norm", "mask_norm", "ppc_weight",
+                  "ppd_weight", "ppc_temperature")
+
+EXECUTOR_DEFAULTS = {
+    "backend": "local",          # local | slurm | ray
+    "jobs": None,                # local: runs at once; None = fits the machine's cores
+    "stale_after": 120,          # seconds without a heartbeat before a running run counts as crashed
+}
+BACKENDS = ("local", "slurm", "ray")
+
+
+class MatrixError(ValueError):
+    """An invalid experiment file; nothing has been started."""
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    spec: dict                      # fully resolved run spec (protoseg.config)
+    settings: dict = field(default_factory=dict)  # the matrix axes' values of this cell
+
+
+@dataclass
+class Sweep:
+    name: str
+    source: str
+    runs: list[RunSpec]
+    executor: dict
+    axes: list[str]
+    description: str = ""
+
+
+def _close(word: str, valid) -> str:
+    match = difflib.get_close_matches(word, list(valid), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _set_path(spec: dict, dotted: str, value, source: str, where: str) -> None:
+    """spec[a][b] = value for 'a.b', checking that the path exists in the run spec schema."""
+    node, schema = spec, config.DEFAULTS
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(schema, dict) or part not in schema:
+            valid = list(schema) if isinstance(schema, dict) else []
+            raise MatrixError(f"{source}: {where}: unknown spec path '{dotted}'"
+                              f"{_close(part, valid)}; valid at '{'.'.join(parts[:i]) or 'top'}': "
+                              f"{', '.join(valid)}")
+        schema = schema[part]
+        if i == len(parts) - 1:
+            node[part] = copy.deepcopy(value)
+        else:
+            node = node.setdefault(part, {})
+
+
+def run_id(spec: dict) -> str:
+    """Short hash of the canonical resolved spec, resource fields left out."""
+    canonical = copy.deepcopy(spec)
+    for dotted in NOT_HASHED:
+        section, key = dotted.split(".")
+        canonical[section].pop(key, None)
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _canonical(spec: dict) -> dict:
+    if spec["model"]["head"] == "parametric":
+        for key in PROTOTYPE_ONLY:
+            spec["model"][key] = copy.deepcopy(config.DEFAULTS["model"][key])
+    return spec
+
+
+def _matches(cell: dict, pattern: dict) -> bool:
+    return all(cell.get(k) == v for k, v in pattern.items())
+
+
+def _cells(doc: dict, source: str) -> list[dict]:
+    matrix = doc.get("matrix") or {}
+    if not isinstance(matrix, dict):
+        raise MatrixError(f"{source}: 'matrix' must map spec paths to lists of values")
+    for key, values in matrix.items():
+        if not isinstance(values, list) or not values:
+            raise MatrixError(f"{source}: matrix.{key} must be a non-empty list, got {values!r}")
+    keys = list(matrix)
+    cells = [dict(zip(keys, combo)) for combo in itertools.product(*matrix.values())]
+    for i, pattern in enumerate(doc.get("exclude") or []):
+        if not isinstance(pattern, dict):
+            raise MatrixError(f"{source}: exclude[{i}] must be a mapping of axis values")
+        cells = [c for c in cells if not _matches(c, pattern)]
+    for i, extra in enumerate(doc.get("include") or []):
+        if not isinstance(extra, dict):
+            raise MatrixError(f"{source}: include[{i}] must be a mapping of axis values")
+        cells.append(dict(extra))
+    return cells
+
+
+def _executor(doc: dict, source: str) -> dict:
+    given = doc.get("executor") or {}
+    if not isinstance(given, dict):
+        raise MatrixError(f"{source}: 'executor' must be a mapping")
+    out = dict(EXECUTOR_DEFAULTS)
+    for key, value in given.items():
+        if key not in EXECUTOR_DEFAULTS:
+            raise MatrixError(f"{source}: unknown key 'executor.{key}'{_close(key, EXECUTOR_DEFAULTS)}; "
+                              f"valid: {', '.join(EXECUTOR_DEFAULTS)}")
+        out[key] = value
+    if out["backend"] not in BACKENDS:
+        raise MatrixError(f"{source}: executor.backend is {out['backend']!r}{_close(str(out['backend']), BACKENDS)}"
+                          f"; valid: {', '.join(BACKENDS)}")
+    return out
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
+    """--set key.path=value -> [(path, YAML-parsed value)]."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MatrixError(f"--set {item!r}: expected key.path=value, e.g. executor.jobs=2 or "
+                              "base.train.iterations=100")
+        out.append((key.strip(), yaml.safe_load(value)))
+    return out
+
+
+def _apply_overrides(doc: dict, overrides, source: str) -> None:
+    for key, value in overrides:
+        top, _, rest = key.partition(".")
+        if top not in ("executor", "base") or not rest:
+            raise MatrixError(f"{source}: --set {key}: only executor.<key> and base.<spec path> can be set")
+        if top == "executor":
+            doc.setdefault("executor", {})[rest] = value
+        else:
+            base = doc.setdefault("base", {}) or {}
+            doc["base"] = base
+            _set_path(base, rest, value, source, f"--set {key}")
+
+
+def expand_doc(doc, source: str, overrides=()) -> Sweep:
+    """A parsed experiment document -> Sweep; raises MatrixError naming `source`."""
+    if not isinstance(doc, dict):
+        raise MatrixError(f"{source}: an experiment file must be a mapping with keys {', '.join(TOP_KEYS)}")
+    doc = copy.deepcopy(doc)
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise MatrixError(f"{source}: unknown top-level key '{key}'{_close(str(key), TOP_KEYS)}; "
+                              f"valid: {', '.join(TOP_KEYS)}")
+    _apply_overrides(doc, overrides, source)
+    name = doc.get("sweep") or Path(source).stem
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise MatrixError(f"{source}: sweep name {name!r} must be letters, digits, '-' or '_'")
+    presets = doc.get("presets") or {}
+    base = doc.get("base") or {}
+    try:
+        config.resolve(base, source=f"{source}: base")
+    except config.SpecError as err:
+        raise MatrixError(str(err)) from None
+
+    runs: dict[str, RunSpec] = {}
+    for cell in _cells(doc, source):
+        spec = copy.deepcopy(base)
+        where = "cell " + ", ".join(f"{k}={v}" for k, v in cell.items())
+        for key, value in cell.items():
+            if key == "preset":
+                if value not in presets:
+                    raise MatrixError(f"{source}: {where}: unknown preset {value!r}{_close(str(value), presets)}; "
+                                      f"valid: {', '.join(presets) or '(none defined under presets:)'}")
+                for path, preset_value in presets[value].items():
+                    _set_path(spec, path, preset_value, source, f"presets.{value}")
+            else:
+                _set_path(spec, key, value, source, where)
+        try:
+            resolved = _canonical(config.resolve(spec, source=f"{source}: {where}"))
+            _check_names(resolved)
+        except (config.SpecError, ValueError) as err:
+            raise MatrixError(str(err) if isinstance(err, config.SpecError) else f"{source}: {where}: {err}") from None
+        if resolved["model"]["head"] == "parametric":  # its prototype settings were reset above
+            cell = {k: v for k, v in cell.items() if k.removeprefix("model.") not in PROTOTYPE_ONLY}
+        rid = run_id(resolved)
+        runs.setdefault(rid, RunSpec(rid, resolved, cell))
+    axes = list((doc.get("matrix") or {}).keys())
+    for extra in doc.get("include") or []:
+        axes += [k for k in extra if k not in axes]
+    return Sweep(name, source, list(runs.values()), _executor(doc, source), axes, doc.get("description", ""))
+
+
+def _check_names(spec: dict) -> None:
+    """Backbone and dataset names exist (without building anything)."""
+    from protoseg.data import DATASETS
+    from protoseg.models.backbones import BACKBONES
+
+    for path, valid in (("model.backbone", BACKBONES), ("data.dataset", DATASETS)):
+        value = config.get(spec, path)
+        if value not in valid:
+            raise ValueError(f"{path} is {value!r}{_close(str(value), valid)}; valid: {', '.join(valid)}")
+
+
+def load(path: str | Path, overrides=()) -> Sweep:
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise MatrixError(f"{path}: no such experiment file") from None
+    except yaml.YAMLError as err:
+        raise MatrixError(f"{path}: malformed YAML: {err}") from None
+    return expand_doc(doc, str(path), overrides)
+
+
+def git_commit(folder: Path | None = None) -> str | None:
+    """The code's git commit (with '-dirty' when the tree has changes), or None outside git."""
+    folder = folder or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")

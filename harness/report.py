@@ -1,0 +1,166 @@
+"""Every metrics.json of a sweep -> one DataFrame -> the paper's table layout.
+
+Rows: backbone (and decoder) x method; columns: #params (learnable), GMACs,
+then per dataset the mIoU (mean ± std over seeds), the gain over the
+parametric head and the paper's number where results/paper/ knows it (a
+visible mark where it does not: never a made-up number).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+PAPER_FILE = Path(__file__).resolve().parents[1] / "results" / "paper" / "protoseg_cvpr22.yaml"
+UNKNOWN = "n/a"  # the paper's number is not transcribed (see results/paper/)
+# Spec fields with a place of their own in the table; any other field that varies goes into the method label.
+PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "model.num_prototypes", "train.seed"}
+SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_total", "macs", "flops", "train_time_s")
+
+
+def _flatten(spec: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in spec.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return out
+
+
+def load_runs(sweep_dirs: list[Path]) -> pd.DataFrame:
+    """One row per finished run: sweep, run_id, summary metrics and every spec field (dotted)."""
+    rows = []
+    for sweep_dir in sweep_dirs:
+        for entry in os.scandir(sweep_dir):
+            path = os.path.join(entry.path, "metrics.json")
+            if entry.name.startswith(".") or not entry.is_dir() or not os.path.exists(path):
+                continue
+            with open(path) as f:
+                metrics = json.load(f)
+            row = {"sweep": Path(sweep_dir).name, "run_id": entry.name,
+                   **{k: metrics.get(k) for k in SUMMARY}, **_flatten(metrics.get("spec", {}))}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def method_labels(frame: pd.DataFrame) -> pd.Series:
+    varying = [c for c in frame.columns if "." in c and c not in PLACED
+               and frame[c].astype(str).nunique() > 1]
+    labels = []
+    for _, row in frame.iterrows():
+        if row["model.head"] == "parametric":
+            label = "parametric"
+        else:
+            label = f"ProtoSeg M={row['model.num_prototypes']}"
+            extras = [f"{c.split('.')[-1]}={row[c]}" for c in varying if c.startswith("model.")]
+            label += f" ({', '.join(extras)})" if extras else ""
+        others = [f"{c}={row[c]}" for c in varying if not c.startswith("model.")]
+        labels.append(label + (f" [{', '.join(others)}]" if others else ""))
+    return pd.Series(labels, index=frame.index)
+
+
+def load_paper(path: Path = PAPER_FILE) -> list[dict]:
+    if not path.exists():
+        return []
+    return (yaml.safe_load(path.read_text()) or {}).get("entries", [])
+
+
+def _paper_value(entries: list[dict], dataset: str, backbone: str, head: str, prototypes) -> float | None:
+    for entry in entries:
+        if (entry.get("dataset"), entry.get("backbone"), entry.get("head")) != (dataset, backbone, head):
+            continue
+        if head == "nonparametric" and entry.get("num_prototypes") not in (None, prototypes):
+            continue
+        return entry.get("mIoU")
+    return None
+
+
+def aggregate(frame: pd.DataFrame, paper: list[dict] | None = None) -> pd.DataFrame:
+    """Long table: one row per (backbone, decoder, method, dataset) with mean/std over seeds."""
+    frame = frame.sort_values(["model.backbone", "model.head", "model.num_prototypes", "train.seed"],
+                              key=lambda c: c.map({"parametric": 0, "nonparametric": 1}).fillna(c) if c.name == "model.head" else c)
+    frame["method"] = method_labels(frame)
+    keys = ["model.backbone", "model.decoder", "method", "data.dataset"]
+    grouped = frame.groupby(keys, sort=False)
+    out = grouped.agg(mIoU_mean=("mIoU", "mean"), mIoU_std=("mIoU", "std"), seeds=("mIoU", "size"),
+                      params_learnable=("params_learnable", "first"), macs=("macs", "first"),
+                      head=("model.head", "first"), prototypes=("model.num_prototypes", "first")).reset_index()
+    out["mIoU_std"] = out["mIoU_std"].fillna(0.0)
+    base = out[out["head"] == "parametric"].set_index(["model.backbone", "model.decoder", "data.dataset"])["mIoU_mean"]
+    out["gain"] = [row.mIoU_mean - base.get((row[0], row[1], row[3]), np.nan) if row.head != "parametric" else np.nan
+                   for row in out.itertuples(index=False)]
+    entries = paper if paper is not None else load_paper()
+    out["paper"] = [_paper_value(entries, r["data.dataset"], r["model.backbone"], r["head"], r["prototypes"])
+                    for _, r in out.iterrows()]
+    return out
+
+
+def _number(value, digits=1, signed=False) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
+    """The wide, display-ready table (strings); in LaTeX the best mIoU per column is bold."""
+    datasets = list(dict.fromkeys(agg["data.dataset"]))
+    decoders = agg["model.decoder"].nunique() > 1
+    pm = " $\\pm$ " if latex else " ± "
+    rows, means = [], {d: [] for d in datasets}
+    for (backbone, decoder, method), group in agg.groupby(["model.backbone", "model.decoder", "method"], sort=False):
+        first = group.iloc[0]
+        row = {"Backbone": backbone + (f" + {decoder}" if decoders else ""), "Method": method,
+               "#Params (M)": _number(first["params_learnable"] / 1e6, 2), "GMACs": _number(first["macs"] / 1e9, 1)}
+        for dataset in datasets:
+            cell = group[group["data.dataset"] == dataset]
+            if cell.empty:
+                row.update({f"{dataset} mIoU": "", f"{dataset} gain": "", f"{dataset} paper": ""})
+                means[dataset].append(np.nan)
+                continue
+            c = cell.iloc[0]
+            spread = f"{pm}{c['mIoU_std']:.1f}" if c["seeds"] > 1 else ""
+            row[f"{dataset} mIoU"] = f"{c['mIoU_mean']:.1f}{spread}"
+            row[f"{dataset} gain"] = _number(c["gain"], 1, signed=True)
+            row[f"{dataset} paper"] = UNKNOWN if c["paper"] is None else f"{c['paper']:.1f}"
+            means[dataset].append(c["mIoU_mean"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if latex:
+        for dataset, values in means.items():
+            best = np.nanmax(values)
+            column = f"{dataset} mIoU"
+            table[column] = [f"\\textbf{{{text}}}" if v == best else text for text, v in zip(table[column], values)]
+        for column in ("Backbone", "Method"):
+            table[column] = table[column].str.replace("_", r"\_", regex=False)
+    return table
+
+
+def render(agg: pd.DataFrame, fmt: str, caption: str = "") -> str:
+    if fmt == "csv":
+        return agg.to_csv(index=False)
+    if fmt == "latex":
+        table = paper_table(agg, latex=True)
+        return table.to_latex(index=False, escape=False, caption=caption or None)
+    from tabulate import tabulate
+
+    table = paper_table(agg)
+    text = tabulate(table, headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True)
+    return text + (f"\n\n{caption}" if caption else "")
+
+
+def caption(frame: pd.DataFrame) -> str:
+    sizes = sorted(set(frame.get("eval.complexity_size", pd.Series(dtype=str)).dropna()))
+    iters = sorted(set(frame.get("train.iterations", pd.Series(dtype=int)).dropna()))
+    parts = [f"mIoU (%) on the val split, mean ± std over seeds where there are several; "
+             f"gain = ProtoSeg minus the parametric head on the same backbone; "
+             f"GMACs = multiply-accumulates (the papers' \"GFLOPs\") at input {', '.join(sizes)}; "
+             f"#Params = learnable parameters; paper = {UNKNOWN} where results/paper/ has no number."]
+    if iters:
+        parts.append(f"Iterations: {', '.join(map(str, iters))}.")
+    return " ".join(parts)

@@ -1,0 +1,91 @@
+"""Executes one run of the store: the part every backend runs on its worker.
+
+    python -m harness.worker RESULTS/SWEEP/RUN_ID [--threads N]
+
+Takes over the run's claim, keeps its heartbeat, calls protoseg.engine.run,
+and records done / failed (with the traceback in error.txt) / interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .store import Store, load_spec, owner
+
+HEARTBEAT_S = 5.0
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the process that started us dies, so a killed
+    `harness run` leaves no orphan training behind (the run resumes later)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def store_of(run_dir: Path) -> tuple[Store, str]:
+    run_dir = Path(run_dir).resolve()
+    return Store(run_dir.parent.parent, run_dir.parent.name), run_dir.name
+
+
+def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = None,
+            stop: threading.Event | None = None) -> int:
+    """Run one stored run to the end. Returns 0 done, 1 failed, 143 interrupted."""
+    from protoseg import engine
+
+    store, rid = store_of(run_dir)
+    stop = stop or threading.Event()
+    store.retake(rid, owner(backend=backend, job_id=job_id))
+    attempts = int(store.status(rid).get("attempts", 0)) + 1
+    who = owner(backend=backend, job_id=job_id)
+    store.update(rid, state="running", attempts=attempts, started=time.time(), host=who["host"],
+                 pid=who["pid"], backend=backend, job_id=job_id, error=None,
+                 resumed=store.has_checkpoint(rid))
+    beating = threading.Event()
+
+    def beat():
+        while not beating.wait(HEARTBEAT_S):
+            store.heartbeat(rid)
+
+    threading.Thread(target=beat, daemon=True).start()
+    try:
+        metrics = engine.run(load_spec(store.run_dir(rid)), store.run_dir(rid), stop=stop.is_set)
+        store.update(rid, state="done", mIoU=metrics["mIoU"], finished=time.time(), error=None)
+        return 0
+    except engine.Interrupted as err:
+        store.update(rid, state="cancelled", error=str(err), finished=time.time())
+        return 143
+    except Exception as err:  # any failure of the run is recorded, never raised further
+        store.write_error(rid, f"{type(err).__name__}: {err}", traceback.format_exc())
+        return 1
+    finally:
+        beating.set()
+        store.release(rid)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.worker")
+    parser.add_argument("run_dir")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for this run")
+    parser.add_argument("--backend", default="local")
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, lambda *_: stop.set())
+    return execute(args.run_dir, backend=args.backend, stop=stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
