@@ -188,6 +188,7 @@ def cmd_report(args) -> int:
     if args.plots:
         from . import plots
 
+        frame = report.sorted_runs(frame)
         frame["method"] = report.method_labels(frame)
         for path in plots.all_figures(frame, args.results.resolve(), Path(args.plots)):
             print(f"wrote {path}")

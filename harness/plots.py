@@ -62,6 +62,7 @@ def miou_vs_prototypes(frame: pd.DataFrame, out: Path) -> Path | None:
             ax.axhspan(base.mean() - base.std(ddof=1 if len(base) > 1 else 0),
                        base.mean() + (base.std() if len(base) > 1 else 0), color=line[0].get_color(), alpha=0.15)
             ax.axhline(base.mean(), ls="--", color=line[0].get_color(), label=f"parametric, {backbone}, {dataset}")
+    ax.set_xticks(sorted(proto["model.num_prototypes"].unique()))
     ax.set_xlabel("prototypes per class (M)")
     ax.set_ylabel("mIoU (%)")
     ax.grid(alpha=0.3)

@@ -81,10 +81,16 @@ def _paper_value(entries: list[dict], dataset: str, backbone: str, head: str, pr
     return None
 
 
+def sorted_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Backbone, then the parametric head before ProtoSeg by prototypes per class, then seed."""
+    order = frame["model.head"].map({"parametric": 0}).fillna(1)
+    return frame.assign(_order=order).sort_values(
+        ["model.backbone", "_order", "model.num_prototypes", "train.seed"]).drop(columns="_order")
+
+
 def aggregate(frame: pd.DataFrame, paper: list[dict] | None = None) -> pd.DataFrame:
     """Long table: one row per (backbone, decoder, method, dataset) with mean/std over seeds."""
-    frame = frame.sort_values(["model.backbone", "model.head", "model.num_prototypes", "train.seed"],
-                              key=lambda c: c.map({"parametric": 0, "nonparametric": 1}).fillna(c) if c.name == "model.head" else c)
+    frame = sorted_runs(frame)
     frame["method"] = method_labels(frame)
     keys = ["model.backbone", "model.decoder", "method", "data.dataset"]
     grouped = frame.groupby(keys, sort=False)
@@ -137,7 +143,7 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
             column = f"{dataset} mIoU"
             table[column] = [f"\\textbf{{{text}}}" if v == best else text for text, v in zip(table[column], values)]
         for column in ("Backbone", "Method"):
-            table[column] = table[column].str.replace("_", r"\_", regex=False)
+            table[column] = table[column].map(_latex_text)
     return table
 
 
@@ -146,12 +152,20 @@ def render(agg: pd.DataFrame, fmt: str, caption: str = "") -> str:
         return agg.to_csv(index=False)
     if fmt == "latex":
         table = paper_table(agg, latex=True)
-        return table.to_latex(index=False, escape=False, caption=caption or None)
+        table.columns = [_latex_text(c) for c in table.columns]
+        return table.to_latex(index=False, escape=False, caption=_latex_text(caption) or None)
     from tabulate import tabulate
 
     table = paper_table(agg)
     text = tabulate(table, headers="keys", tablefmt="pipe", showindex=False, disable_numparse=True)
     return text + (f"\n\n{caption}" if caption else "")
+
+
+def _latex_text(text: str) -> str:
+    for plain, escaped in (("\\", r"\textbackslash{}"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+                           ("&", r"\&"), ("±", r"$\pm$"), ("\"", "''")):
+        text = text.replace(plain, escaped)
+    return text
 
 
 def caption(frame: pd.DataFrame) -> str:
