@@ -133,7 +133,8 @@ def cmd_run(args) -> int:
 
 
 def _status_lines(store: Store, stale_after: float) -> list[str]:
-    rows = store.rows(stale_after)
+    rows = sorted(store.rows(stale_after), key=lambda r: _settings(r.get("settings", {})))
+    width = max((len(_settings(r.get("settings", {}))) for r in rows), default=0)
     lines = [f"sweep {store.sweep} ({store.dir})"]
     counts: dict[str, int] = {}
     for row in rows:
@@ -146,7 +147,7 @@ def _status_lines(store: Store, stale_after: float) -> list[str]:
         miou = f"mIoU {row['mIoU']:.2f}" if state == "done" and row.get("mIoU") is not None else ""
         error = (row.get("error") or "")[:80] if state in ("failed", "crashed", "cancelled") else ""
         job = f"job {row['job_id']}" if row.get("job_id") else ""
-        lines.append(f"  {row['run_id']}  {_settings(row.get('settings', {})):<40} {state:<9} "
+        lines.append(f"  {row['run_id']}  {_settings(row.get('settings', {})):<{width}}  {state:<9} "
                      f"{progress:>9} {miou:>11} {job} {error}".rstrip())
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"{len(rows)} runs: {summary or 'none'}")

@@ -95,12 +95,12 @@ class Store:
     def is_done(self, run_id: str) -> bool:
         return (self.run_dir(run_id) / "metrics.json").exists()
 
-    def state(self, run_id: str, stale_after: float = 120) -> str:
+    def state(self, run_id: str, stale_after: float = 120, status: dict | None = None) -> str:
         """done / running / failed / cancelled / crashed / pending, from the files on disk."""
         if self.is_done(run_id):
             return "done"
-        state = self.status(run_id).get("state", "pending")
-        if state == "running" or self.claim_info(run_id) is not None:
+        state = (status or self.status(run_id)).get("state", "pending")
+        if state == "running" or self._claim_path(run_id).exists():
             return "running" if self._claim_alive(run_id, stale_after) else "crashed"
         return "pending" if state == "done" else state  # status said done but metrics.json is gone
 
@@ -174,9 +174,9 @@ class Store:
         out = []
         for rid in self.run_ids():
             folder = self.run_dir(rid)
-            status = _read_json(folder / "status.json") or {"run_id": rid}
+            status = _read_json(folder / "status.json") or {}
             status["run_id"] = rid
-            status["state"] = self.state(rid, stale_after)
+            status["state"] = self.state(rid, stale_after, status)
             if status["state"] == "running":
                 status["progress"] = _read_json(folder / "progress.json")
             out.append(status)

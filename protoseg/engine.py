@@ -246,6 +246,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool]) -> dict:
         "train_time_s": train_time,
         "eval_time_s": eval_time,
         "throughput_img_s": iterations * dcfg["batch_size"] / max(train_time, 1e-9),
+        "spec": spec,
         "device": str(device),
         "host": platform.node(),
         "torch": torch.__version__,
