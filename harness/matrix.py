@@ -121,6 +121,10 @@ def _cells(doc: dict, source: str) -> list[dict]:
     for i, pattern in enumerate(doc.get("exclude") or []):
         if not isinstance(pattern, dict):
             raise MatrixError(f"{source}: exclude[{i}] must be a mapping of axis values")
+        for key in pattern:
+            if key not in matrix:  # a typo here would silently exclude nothing
+                raise MatrixError(f"{source}: exclude[{i}]: '{key}' is not a matrix axis{_close(str(key), keys)}; "
+                                  f"axes: {', '.join(keys)}")
         cells = [c for c in cells if not _matches(c, pattern)]
     for i, extra in enumerate(doc.get("include") or []):
         if not isinstance(extra, dict):
@@ -139,6 +143,12 @@ def _executor(doc: dict, source: str) -> dict:
             raise MatrixError(f"{source}: unknown key 'executor.{key}'{_close(key, EXECUTOR_DEFAULTS)}; "
                               f"valid: {', '.join(EXECUTOR_DEFAULTS)}")
         out[key] = value
+    for key, ok, valid in (("jobs", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+                            "null or a positive integer"),
+                           ("stale_after", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                            "a positive number of seconds")):
+        if not ok(out[key]):
+            raise MatrixError(f"{source}: executor.{key} is {out[key]!r}; valid: {valid}")
     if out["backend"] not in BACKENDS:
         raise MatrixError(f"{source}: executor.backend is {out['backend']!r}{_close(str(out['backend']), BACKENDS)}"
                           f"; valid: {', '.join(BACKENDS)}")
@@ -163,7 +173,8 @@ def _apply_overrides(doc: dict, overrides, source: str) -> None:
         if top not in ("executor", "base") or not rest:
             raise MatrixError(f"{source}: --set {key}: only executor.<key> and base.<spec path> can be set")
         if top == "executor":
-            doc.setdefault("executor", {})[rest] = value
+            doc["executor"] = doc.get("executor") or {}
+            doc["executor"][rest] = value
         else:
             base = doc.setdefault("base", {}) or {}
             doc["base"] = base
@@ -184,6 +195,12 @@ def expand_doc(doc, source: str, overrides=()) -> Sweep:
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise MatrixError(f"{source}: sweep name {name!r} must be letters, digits, '-' or '_'")
     presets = doc.get("presets") or {}
+    if not isinstance(presets, dict):
+        raise MatrixError(f"{source}: 'presets' must map preset names to mappings of spec paths")
+    for name, values in presets.items():
+        if not isinstance(values, dict):
+            raise MatrixError(f"{source}: presets.{name} must be a mapping of spec paths to values, "
+                              f"e.g. {{model.backbone: resnet50, train.lr: 0.01}}; got {values!r}")
     base = doc.get("base") or {}
     try:
         config.resolve(base, source=f"{source}: base")
@@ -220,8 +237,7 @@ def expand_doc(doc, source: str, overrides=()) -> Sweep:
 
 def _check_names(spec: dict) -> None:
     """Backbone and dataset names exist (without building anything)."""
-    from protoseg.data import DATASETS
-    from protoseg.models.backbones import BACKBONES
+    from protoseg.registry import BACKBONES, DATASETS
 
     for path, valid in (("model.backbone", BACKBONES), ("data.dataset", DATASETS)):
         value = config.get(spec, path)

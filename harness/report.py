@@ -29,7 +29,7 @@ def _flatten(spec: dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             out.update(_flatten(value, path + "."))
         else:
-            out[path] = json.dumps(value) if isinstance(value, (list, dict)) else value
+            out[path] = tuple(value) if isinstance(value, list) else value  # hashable, for groupby
     return out
 
 
@@ -49,20 +49,28 @@ def load_runs(sweep_dirs: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _settings_text(frame: pd.DataFrame, columns: list[str], short: bool) -> pd.Series:
+    """'name=value, ...' per row for the given columns (short: the last part of the dotted name)."""
+    parts = [(c.split(".")[-1] if short else c) + "=" + frame[c].astype(str) for c in columns]
+    text = parts[0]
+    for part in parts[1:]:
+        text = text + ", " + part
+    return text
+
+
 def method_labels(frame: pd.DataFrame) -> pd.Series:
-    varying = [c for c in frame.columns if "." in c and c not in PLACED
-               and frame[c].astype(str).nunique() > 1]
-    labels = []
-    for _, row in frame.iterrows():
-        if row["model.head"] == "parametric":
-            label = "parametric"
-        else:
-            label = f"ProtoSeg M={row['model.num_prototypes']}"
-            extras = [f"{c.split('.')[-1]}={row[c]}" for c in varying if c.startswith("model.")]
-            label += f" ({', '.join(extras)})" if extras else ""
-        others = [f"{c}={row[c]}" for c in varying if not c.startswith("model.")]
-        labels.append(label + (f" [{', '.join(others)}]" if others else ""))
-    return pd.Series(labels, index=frame.index)
+    """'parametric' or 'ProtoSeg M=..', plus any other spec field that varies in the frame."""
+    varying = [c for c in frame.columns if "." in c and c not in PLACED and frame[c].nunique(dropna=False) > 1]
+    proto = frame["model.head"] != "parametric"
+    labels = pd.Series("parametric", index=frame.index)
+    labels[proto] = "ProtoSeg M=" + frame.loc[proto, "model.num_prototypes"].astype(str)
+    model = [c for c in varying if c.startswith("model.")]
+    if model and proto.any():
+        labels[proto] = labels[proto] + " (" + _settings_text(frame[proto], model, short=True) + ")"
+    others = [c for c in varying if not c.startswith("model.")]
+    if others:
+        labels = labels + " [" + _settings_text(frame, others, short=False) + "]"
+    return labels
 
 
 def load_paper(path: Path = PAPER_FILE) -> list[dict]:
@@ -169,7 +177,7 @@ def _latex_text(text: str) -> str:
 
 
 def caption(frame: pd.DataFrame) -> str:
-    sizes = sorted(set(frame.get("eval.complexity_size", pd.Series(dtype=str)).dropna()))
+    sizes = sorted({"x".join(map(str, size)) for size in frame.get("eval.complexity_size", pd.Series()).dropna()})
     iters = sorted(set(frame.get("train.iterations", pd.Series(dtype=int)).dropna()))
     parts = [f"mIoU (%) on the val split, mean ± std over seeds where there are several; "
              f"gain = ProtoSeg minus the parametric head on the same backbone; "

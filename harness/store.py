@@ -31,13 +31,18 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie (dead, not yet reaped) is not alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def owner(**extra) -> dict:
@@ -63,12 +68,13 @@ class Store:
     def record_sweep(self, source: str, commit: str | None, executor: dict, run_ids: list[str]) -> None:
         """sweep.json: where the sweep came from and each code commit that ran it."""
         path = self.dir / "sweep.json"
-        info = _read_json(path) or {"name": self.sweep, "created": time.time(), "invocations": []}
-        info["source"] = str(Path(source).resolve()) if source else None
-        info["invocations"].append({"time": time.time(), "commit": commit, "executor": executor,
-                                    "runs": len(run_ids), "host": socket.gethostname()})
-        info["run_ids"] = sorted(set(info.get("run_ids", [])) | set(run_ids))
-        atomic_write_json(path, info)
+        with self._lock(""):  # the sweep folder's own lock
+            info = _read_json(path) or {"name": self.sweep, "created": time.time(), "invocations": []}
+            info["source"] = str(Path(source).resolve()) if source else None
+            info["invocations"].append({"time": time.time(), "commit": commit, "executor": executor,
+                                        "runs": len(run_ids), "host": socket.gethostname()})
+            info["run_ids"] = sorted(set(info.get("run_ids", [])) | set(run_ids))
+            atomic_write_json(path, info)
 
     def prepare(self, run_id: str, spec: dict, settings: dict) -> None:
         """Create the run folder with spec.yaml and a pending status, once."""
@@ -144,8 +150,11 @@ class Store:
         return age < stale_after
 
     def claim(self, run_id: str, who: dict, stale_after: float = 120) -> bool:
-        """Take the run for `who`; False when a live owner holds it. A stale claim is taken over."""
+        """Take the run for `who`; False when it is done or a live owner holds it.
+        A stale claim is taken over."""
         with self._lock(run_id):
+            if self.is_done(run_id):  # finished by someone else since it was planned
+                return False
             path = self._claim_path(run_id)
             if path.exists():
                 if self._claim_alive(run_id, stale_after):

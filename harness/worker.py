@@ -41,6 +41,9 @@ def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = No
     from protoseg import engine
 
     store, rid = store_of(run_dir)
+    if store.is_done(rid):  # last guard: a done run is never trained again
+        store.release(rid)
+        return 0
     stop = stop or threading.Event()
     store.retake(rid, owner(backend=backend, job_id=job_id))
     attempts = int(store.status(rid).get("attempts", 0)) + 1

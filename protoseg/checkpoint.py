@@ -39,6 +39,8 @@ def set_rng_state(state: dict) -> None:
 
 def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
     path = Path(run_dir) / "checkpoints" / f"iter_{iteration:08d}.pt"
+    for partial in path.parent.glob(".iter_*.tmp"):  # left by a process killed mid-save
+        partial.unlink(missing_ok=True)
     atomic_torch_save(path, {**state, "iteration": iteration, "rng": rng_state()})
     for _, old in _checkpoints(run_dir)[max(keep, 1):]:
         old.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import yaml
 
 DEFAULTS: dict[str, Any] = {
     "model": {
-        "backbone": "resnet18",        # a name of protoseg.models.backbones.BACKBONES
+        "backbone": "resnet18",        # a name of protoseg.registry.BACKBONES
         "pretrained": None,            # local weight file for the backbone; never downloaded
         "output_stride": 32,           # 8 = dilated last stages (resnet*)
         "decoder": "hrnet",            # stages resized to stride 4, concatenated, Conv3x3-BN-ReLU-Dropout
@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "class_weights": None,         # list of K floats for the cross-entropy, or None
     },
     "data": {
-        "dataset": "synthetic",        # a name of protoseg.data.DATASETS
+        "dataset": "synthetic",        # a name of protoseg.registry.DATASETS
         "root": None,                  # dataset folder (camvid)
         "train_split": "train",
         "val_split": "val",

@@ -302,10 +302,6 @@ def test_local_backend_reports_a_run_started_elsewhere(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: backends/local.py claims a run without checking that it is done; a run "
-                          "finished by another harness after this one made its plan (claim released) "
-                          "is claimed and executed again")
 def test_local_backend_does_not_rerun_a_run_that_became_done(tmp_path):
     from harness.backends import local
 
@@ -374,12 +370,6 @@ def test_kill_minus_9_then_the_same_command_resumes(tmp_path):
 
 # ---- two harnesses on one sweep ---------------------------------------------------------------
 
-RERUN_BUG = ("bug: backends/local.py claims a planned run without checking is_done(); when the other "
-             "harness finished that run and released its claim before this one reached it, it is claimed "
-             "and executed again (attempts 2, 'resumed from iteration N' = the last iteration, metrics.json "
-             "rewritten; a full retrain if the checkpoints were cleaned)")
-
-
 def run_two_harnesses(tmp_path, path, results) -> tuple[list[int], list[str]]:
     """Start two `harness run` of the same file at the same moment; their exit codes and outputs."""
     logs = [open(tmp_path / f"h{i}.log", "w+") for i in range(2)]
@@ -401,7 +391,6 @@ def run_two_harnesses(tmp_path, path, results) -> tuple[list[int], list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=RERUN_BUG + " (timing-dependent here: see the deterministic test below)")
 def test_two_harnesses_at_once_never_run_a_cell_twice(tmp_path):
     path = write_experiment(tmp_path, "twice")
     results = tmp_path / "results"
@@ -447,7 +436,6 @@ def test_bad_set_override_exits_2(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=RERUN_BUG)
 def test_a_harness_does_not_rerun_the_cell_the_other_one_finished(tmp_path):
     """Deterministic form of the race: jobs 1 each, a long cell then a short one.
     One harness takes the long cell, the other the short one, which ends first;

@@ -65,7 +65,7 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
                 if store.claim(spec.run_id, owner(backend="local"), stale_after):
                     active[spec.run_id] = _launch(store, spec.run_id, threads)
                 else:
-                    finish(spec.run_id, "running elsewhere")
+                    finish(spec.run_id, "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere")
             for rid, proc in list(active.items()):
                 code = proc.poll()
                 if code is None:

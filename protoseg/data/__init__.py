@@ -1,14 +1,18 @@
 """Datasets by name, and `build_dataset` from a resolved `data` section."""
 from __future__ import annotations
 
-from .base import SegDataset
-from .camvid import CamVid
-from .synthetic import SyntheticScenes
+import importlib
 
-DATASETS: dict[str, type[SegDataset]] = {
-    "synthetic": SyntheticScenes,
-    "camvid": CamVid,
-}
+from ..registry import DATASETS as _PATHS
+from .base import SegDataset
+
+
+def _class(path: str) -> type[SegDataset]:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+DATASETS: dict[str, type[SegDataset]] = {name: _class(path) for name, path in _PATHS.items()}
 
 ROLES = ("train", "val")
 
