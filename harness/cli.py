@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from protoseg.io import read_yaml
+
 from .matrix import MatrixError
 from .store import Store
 
@@ -17,12 +19,7 @@ def _sweep_name(target: str) -> str:
     """A sweep name from an experiment file (its `sweep:` key, else its stem) or the name itself."""
     path = Path(target)
     if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
-            raise MatrixError(f"{path}: no such experiment file")
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise MatrixError(f"{path}: malformed YAML: {err}") from None
+        doc = read_yaml(path, "experiment file", MatrixError) or {}
         return (doc.get("sweep") if isinstance(doc, dict) else None) or path.stem
     return target
 

@@ -25,9 +25,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from protoseg import config
+from protoseg.io import read_yaml
 
 TOP_KEYS = ("sweep", "description", "base", "presets", "matrix", "include", "exclude", "executor")
 # Resource and display fields: they do not change the experiment, so not its id.
@@ -156,15 +156,8 @@ def _executor(doc: dict, source: str) -> dict:
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
-    """--set key.path=value -> [(path, YAML-parsed value)]."""
-    out = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise MatrixError(f"--set {item!r}: expected key.path=value, e.g. executor.jobs=2 or "
-                              "base.train.iterations=100")
-        out.append((key.strip(), yaml.safe_load(value)))
-    return out
+    """--set key.path=value -> [(path, YAML-parsed value)], e.g. executor.jobs=2, base.train.iterations=100."""
+    return config.parse_assignments(items, error=MatrixError)
 
 
 def _apply_overrides(doc: dict, overrides, source: str) -> None:
@@ -246,14 +239,7 @@ def _check_names(spec: dict) -> None:
 
 
 def load(path: str | Path, overrides=()) -> Sweep:
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise MatrixError(f"{path}: no such experiment file") from None
-    except yaml.YAMLError as err:
-        raise MatrixError(f"{path}: malformed YAML: {err}") from None
-    return expand_doc(doc, str(path), overrides)
+    return expand_doc(read_yaml(path, "experiment file", MatrixError), str(path), overrides)
 
 
 def git_commit(folder: Path | None = None) -> str | None:

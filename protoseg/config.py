@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .io import read_yaml
+
 DEFAULTS: dict[str, Any] = {
     "model": {
         "backbone": "resnet18",        # a name of protoseg.registry.BACKBONES
@@ -155,14 +157,18 @@ def resolve(spec: dict | None = None, source: str = "<spec>") -> dict:
 
 def load(path: str | Path) -> dict:
     """Read a YAML run spec and resolve it."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: malformed YAML: {err}") from None
-    return resolve(raw, source=str(path))
+    return resolve(read_yaml(path, "spec file", SpecError), source=str(path))
+
+
+def parse_assignments(items: list[str], error: type[Exception] = SpecError) -> list[tuple[str, Any]]:
+    """Command-line 'key.path=value' items -> [(key.path, value parsed as YAML)]."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise error(f"--set {item!r}: expected key.path=value, e.g. model.head=parametric")
+        out.append((key.strip(), yaml.safe_load(value)))
+    return out
 
 
 def get(spec: dict, dotted: str):

@@ -23,14 +23,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint, complexity, config
 from .data import build_dataset
 from .inference import evaluate, predict_logits
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_yaml
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_yaml
 from .losses import total_loss
 from .models import build_model
 
@@ -257,28 +256,15 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool]) -> dict:
     return metrics
 
 
-def _parse_set(items: list[str]) -> dict:
-    """--set a.b=value pairs -> nested dict (values parsed as YAML)."""
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise config.SpecError(f"--set {item!r}: expected key.path=value")
-        node = out
-        *parents, leaf = key.split(".")
+def _assign(spec: dict, pairs) -> dict:
+    """Set each dotted path of `pairs` in the nested dict `spec`."""
+    for path, value in pairs:
+        node = spec
+        *parents, leaf = path.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
-def _deep_update(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
+        node[leaf] = value
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,13 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     console.setLevel(logging.WARNING)  # the progress bar shows the rest; train.log has it all
     logging.basicConfig(handlers=[console], format="%(levelname)s %(message)s")
     try:
-        raw = {}
-        if args.spec:
-            try:
-                raw = yaml.safe_load(Path(args.spec).read_text()) or {}
-            except (OSError, yaml.YAMLError) as err:
-                raise config.SpecError(f"{args.spec}: cannot read the spec: {err}") from None
-        spec = config.resolve(_deep_update(raw, _parse_set(args.set)), source=args.spec or "--set")
+        raw = (read_yaml(args.spec, "spec file", config.SpecError) or {}) if args.spec else {}
+        spec = config.resolve(_assign(raw, config.parse_assignments(args.set)), source=args.spec or "--set")
     except config.SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

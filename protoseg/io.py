@@ -44,3 +44,13 @@ def atomic_torch_save(path: str | Path, obj) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_yaml(path: str | Path, what: str, error: type[Exception] = ValueError):
+    """Parse a YAML file; a missing file or malformed YAML raises `error` naming the file."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path}: malformed YAML: {err}") from None
