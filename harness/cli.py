@@ -87,6 +87,8 @@ def cmd_run(args) -> int:
         overrides.append(("executor.backend", args.backend))
     if args.jobs:
         overrides.append(("executor.jobs", args.jobs))
+    if args.address:
+        overrides.append(("executor.address", args.address))
     sweep = matrix.load(args.file, overrides)
     runs = [r for r in sweep.runs if _matches(r, args.only)]
     store = Store(args.results, sweep.name)
@@ -113,6 +115,9 @@ def cmd_run(args) -> int:
     start = time.time()
     try:
         final = run_backend(store, todo, sweep.executor) if todo else {}
+    except backends.BackendUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue", file=sys.stderr)
         return 130
@@ -209,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun done cells (the old run is moved to .replaced/)")
     run.add_argument("--only", help="key.path=value[,...] or a run id prefix")
     run.add_argument("--backend", choices=("local", "slurm", "ray"))
-    run.add_argument("--jobs", type=int, help="local backend: runs at once")
+    run.add_argument("--jobs", type=int, help="runs at once (local workers, Ray concurrent trials)")
+    run.add_argument("--address", help="ray backend: an existing cluster ('auto' or ray://host:port)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override executor.<key> or base.<spec path>")
     run.set_defaults(func=cmd_run)

@@ -41,6 +41,11 @@ EXECUTOR_DEFAULTS = {
     "backend": "local",          # local | slurm | ray
     "jobs": None,                # local: runs at once; None = fits the machine's cores
     "stale_after": 120,          # seconds without a heartbeat before a running run counts as crashed
+    # ray
+    "address": None,             # None = a local Ray started and stopped by the harness; "auto" or ray://...
+    "cpus_per_trial": 1,
+    "gpus_per_trial": 0,
+    "max_failures": 2,           # Tune retries of a trial that died (it resumes from its checkpoint)
 }
 BACKENDS = ("local", "slurm", "ray")
 
@@ -143,10 +148,16 @@ def _executor(doc: dict, source: str) -> dict:
             raise MatrixError(f"{source}: unknown key 'executor.{key}'{_close(key, EXECUTOR_DEFAULTS)}; "
                               f"valid: {', '.join(EXECUTOR_DEFAULTS)}")
         out[key] = value
-    for key, ok, valid in (("jobs", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
-                            "null or a positive integer"),
-                           ("stale_after", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-                            "a positive number of seconds")):
+    def number(v, minimum=0.0, strict=True):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > minimum if strict else v >= minimum)
+
+    for key, ok, valid in (("jobs", lambda v: v is None or (isinstance(v, int) and number(v)), "null or a positive integer"),
+                           ("stale_after", number, "a positive number of seconds"),
+                           ("address", lambda v: v is None or isinstance(v, str), "null, 'auto' or ray://host:port"),
+                           ("cpus_per_trial", number, "a positive number"),
+                           ("gpus_per_trial", lambda v: number(v, strict=False), "a number >= 0"),
+                           ("max_failures", lambda v: isinstance(v, int) and number(v, strict=False),
+                            "an integer >= 0")):
         if not ok(out[key]):
             raise MatrixError(f"{source}: executor.{key} is {out[key]!r}; valid: {valid}")
     if out["backend"] not in BACKENDS:

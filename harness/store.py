@@ -30,7 +30,7 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True for a running process; a zombie (dead, not yet reaped) is not alive."""
     try:
         os.kill(pid, 0)
@@ -145,7 +145,7 @@ class Store:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
             return False
-        if info.get("host") == socket.gethostname() and info.get("pid") and not _pid_alive(info["pid"]):
+        if info.get("host") == socket.gethostname() and info.get("pid") and not pid_alive(info["pid"]):
             return False
         return age < stale_after
 

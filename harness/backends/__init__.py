@@ -8,6 +8,10 @@ import importlib
 NAMES = ("local", "slurm", "ray")
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend's cluster cannot be reached; nothing was started."""
+
+
 def get(name: str):
     if name not in NAMES:
         raise ValueError(f"backend {name!r} is not valid; valid: {', '.join(NAMES)}")

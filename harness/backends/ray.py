@@ -1,0 +1,163 @@
+"""Ray backend: each pending run is one Ray Tune trial of a function trainable
+that runs the harness worker. The run store stays the truth: Tune's own
+storage lives under the sweep folder, and a new Tune experiment is started on
+every invocation (the matrix may have grown; Tune's restore cannot know)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..matrix import RunSpec
+from ..store import Store, owner, pid_alive
+from . import BackendUnavailable
+from .local import cores
+
+REPORT_EVERY_S = 5.0
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nobody listens on, instead of Ray's long retries."""
+    if address == "auto":
+        return  # ray.init(address="auto") says at once when no local cluster exists
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise BackendUnavailable(f"no Ray cluster at {address} ({host}:{port}: {err}); start one with "
+                             f"`ray start --head` or leave --address out to run a local Ray") from None
+
+
+def connect(address: str | None, num_cpus: int) -> str:
+    """Start a local Ray, or join the cluster at `address`; returns a line saying which."""
+    import ray
+
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as err:
+            raise BackendUnavailable(f"no Ray cluster at {address}: {err}") from None
+        return f"connected to the Ray cluster at {address} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return f"started a local Ray with {num_cpus} CPUs"
+
+
+def _pointer_checkpoint(run_dir: Path, progress: dict | None):
+    """A Tune checkpoint that points at the engine's checkpoints instead of copying them."""
+    from ray.tune import Checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="protoseg-pointer-"))
+    (folder / "pointer.json").write_text(json.dumps({"run_dir": str(run_dir), "progress": progress}))
+    return Checkpoint.from_directory(str(folder))
+
+
+def _read_progress(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "progress.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def attempt(config: dict) -> None:
+    """One try of one run inside a Tune trial: the engine runs in a thread while
+    this one reports its progress to Tune. A run that fails inside the engine
+    is recorded as failed and not retried (the failure is deterministic); a
+    trial that dies is retried by Tune and resumes from the engine's checkpoint."""
+    from ray import tune
+
+    from ..worker import execute
+
+    import torch
+
+    run_dir = Path(config["run"]["run_dir"])
+    torch.set_num_threads(int(config.get("threads") or 1))
+    outcome: dict = {}
+    trial = tune.get_context().get_trial_id()
+    stop = threading.Event()
+    worker = threading.Thread(target=lambda: outcome.update(
+        code=execute(run_dir, backend="ray", job_id=trial, stop=stop)), daemon=True)
+    worker.start()
+    last = None
+    driver = config.get("driver") or {}
+    while worker.is_alive():
+        worker.join(REPORT_EVERY_S)
+        if driver.get("host") == socket.gethostname() and not pid_alive(driver["pid"]):
+            # The harness that started this local Ray was killed; Ray may leave this
+            # worker running. Stop at a checkpoint and leave: the next `harness run` resumes.
+            stop.set()
+            worker.join()
+            os._exit(143)
+        progress = _read_progress(run_dir)
+        if progress and progress != last:
+            tune.report({"iteration": progress["iteration"], "loss": progress["loss"], "state": "running"},
+                        checkpoint=_pointer_checkpoint(run_dir, progress))
+            last = progress
+    status = json.loads((run_dir / "status.json").read_text())
+    tune.report({"state": status.get("state"), "mIoU": status.get("mIoU"), "exit_code": outcome.get("code")},
+                checkpoint=_pointer_checkpoint(run_dir, _read_progress(run_dir)))
+
+
+def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True, trainable=None) -> dict[str, str]:
+    """Run `runs` as trials of one new Tune experiment; `trainable` replaces `attempt` (tests)."""
+    import ray
+    from ray import tune
+
+    stale_after = executor["stale_after"]
+    claimed, final = [], {}
+    for spec in runs:
+        if store.claim(spec.run_id, owner(backend="ray"), stale_after):
+            claimed.append(spec)
+        else:
+            final[spec.run_id] = "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere"
+    if not claimed:
+        return final
+    try:
+        print(connect(executor.get("address"), num_cpus=cores()), file=sys.stderr)
+    except BaseException:
+        for spec in claimed:
+            store.release(spec.run_id)
+        raise
+    cpus, gpus = executor["cpus_per_trial"], executor["gpus_per_trial"]
+    function = tune.with_resources(trainable or attempt, {"cpu": cpus, "gpu": gpus})
+    tuner = tune.Tuner(
+        function,
+        param_space={"threads": max(1, int(cpus)), "driver": owner(),
+                     "run": tune.grid_search([{"run_id": s.run_id, "run_dir": str(store.run_dir(s.run_id))}
+                                              for s in claimed])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=executor.get("jobs") or 0),
+        run_config=tune.RunConfig(
+            name=f"{store.sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(store.dir / ".ray"),  # absolute: trials run with another cwd
+            failure_config=tune.FailureConfig(max_failures=executor["max_failures"]),
+            verbose=1 if progress else 0),
+    )
+    try:
+        grid = tuner.fit()
+    finally:
+        for spec in claimed:  # a trial that never started still holds the driver's claim
+            info = store.claim_info(spec.run_id)
+            if info and info.get("pid") == owner()["pid"]:
+                store.release(spec.run_id)
+        ray.shutdown()
+    errors = {}
+    for result in grid:
+        if result.error is not None:
+            errors[result.config["run"]["run_id"]] = result.error
+    for spec in claimed:
+        state = store.state(spec.run_id, stale_after)
+        if spec.run_id in errors and state not in ("done", "failed"):
+            error = errors[spec.run_id]
+            store.write_error(spec.run_id, f"Ray trial failed {executor['max_failures'] + 1} time(s): "
+                                           f"{type(error).__name__}: {str(error).splitlines()[0][:300]}", str(error))
+            state = "failed"
+        final[spec.run_id] = state
+    return final
