@@ -156,3 +156,24 @@ def test_an_unreachable_address_fails_fast_with_a_clear_message(tmp_path):
     assert "no Ray cluster at 127.0.0.1:9" in proc.stderr
     store = Store(tmp_path / "results", "nowhere")
     assert all(store.claim_info(rid) is None for rid in store.run_ids())  # claims given back
+
+
+def test_address_joins_an_existing_cluster_and_says_so(tmp_path):
+    ray_cli = Path(sys.executable).with_name("ray")
+    port = 6399
+    start = subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        path = write_experiment(tmp_path, "joined", heads=("parametric",))
+        doc = yaml.safe_load(path.read_text())
+        doc["matrix"]["train.seed"] = [0]
+        path.write_text(yaml.safe_dump(doc))
+        proc = harness("run", path, "--results", tmp_path / "results", "--address", "auto")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "connected to the Ray cluster at auto (2 CPUs)" in proc.stderr
+        store = Store(tmp_path / "results", "joined")
+        assert all(store.is_done(rid) for rid in store.run_ids())
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
