@@ -11,7 +11,7 @@ import yaml
 
 from protoseg.io import read_yaml
 
-from .matrix import MatrixError
+from .matrix import MatrixError, settings_text
 from .store import Store
 
 
@@ -75,10 +75,6 @@ def _plan(store: Store, runs, args, stale_after) -> list[tuple[object, str]]:
     return plan
 
 
-def _settings(settings: dict) -> str:
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
-
-
 def cmd_run(args) -> int:
     from . import backends, matrix, report
 
@@ -94,10 +90,10 @@ def cmd_run(args) -> int:
     store = Store(args.results, sweep.name)
     stale_after = sweep.executor["stale_after"]
     plan = _plan(store, runs, args, stale_after)
-    width = max((len(_settings(r.settings)) for r in runs), default=0)
+    width = max((len(settings_text(r.settings)) for r in runs), default=0)
     print(f"sweep {sweep.name}: {len(sweep.runs)} cells, {len(runs)} selected -> {store.dir}")
     for spec, action in plan:
-        print(f"  {spec.run_id}  {_settings(spec.settings):<{width}}  {action}")
+        print(f"  {spec.run_id}  {settings_text(spec.settings):<{width}}  {action}")
     todo = [spec for spec, action in plan if action in ("run", "resume", "rerun")]
     if args.dry_run:
         print(f"dry run: {len(todo)} would run")
@@ -135,8 +131,8 @@ def cmd_run(args) -> int:
 
 
 def _status_lines(store: Store, stale_after: float) -> list[str]:
-    rows = sorted(store.rows(stale_after), key=lambda r: _settings(r.get("settings", {})))
-    width = max((len(_settings(r.get("settings", {}))) for r in rows), default=0)
+    rows = sorted(store.rows(stale_after), key=lambda r: settings_text(r.get("settings", {})))
+    width = max((len(settings_text(r.get("settings", {}))) for r in rows), default=0)
     lines = [f"sweep {store.sweep} ({store.dir})"]
     counts: dict[str, int] = {}
     for row in rows:
@@ -149,7 +145,7 @@ def _status_lines(store: Store, stale_after: float) -> list[str]:
         miou = f"mIoU {row['mIoU']:.2f}" if state == "done" and row.get("mIoU") is not None else ""
         error = (row.get("error") or "")[:80] if state in ("failed", "crashed", "cancelled") else ""
         job = f"job {row['job_id']}" if row.get("job_id") else ""
-        lines.append(f"  {row['run_id']}  {_settings(row.get('settings', {})):<{width}}  {state:<9} "
+        lines.append(f"  {row['run_id']}  {settings_text(row.get('settings', {})):<{width}}  {state:<9} "
                      f"{progress:>9} {miou:>11} {job} {error}".rstrip())
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"{len(rows)} runs: {summary or 'none'}")

@@ -71,6 +71,11 @@ class Sweep:
     description: str = ""
 
 
+def settings_text(settings: dict) -> str:
+    """A cell's axis values as 'head=parametric seed=0' (last part of each spec path)."""
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
+
+
 def _close(word: str, valid) -> str:
     match = difflib.get_close_matches(word, list(valid), n=1)
     return f" (did you mean '{match[0]}'?)" if match else ""

@@ -9,7 +9,7 @@ import time
 
 from tqdm import tqdm
 
-from ..matrix import RunSpec
+from ..matrix import RunSpec, settings_text
 from ..store import Store, owner
 
 
@@ -56,7 +56,7 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
         bar.update(1)
         metrics = store.status(rid)
         detail = f"mIoU {metrics.get('mIoU')}" if state == "done" else (metrics.get("error") or "")
-        bar.write(f"  {state:<8} {rid}  {_settings(labels[rid])}  {detail}")
+        bar.write(f"  {state:<8} {rid}  {settings_text(labels[rid].settings)}  {detail}")
 
     try:
         while pending or active:
@@ -83,7 +83,3 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
     finally:
         bar.close()
     return final
-
-
-def _settings(spec: RunSpec) -> str:
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in spec.settings.items())
