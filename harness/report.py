@@ -106,9 +106,10 @@ def aggregate(frame: pd.DataFrame, paper: list[dict] | None = None) -> pd.DataFr
                       params_learnable=("params_learnable", "first"), macs=("macs", "first"),
                       head=("model.head", "first"), prototypes=("model.num_prototypes", "first")).reset_index()
     out["mIoU_std"] = out["mIoU_std"].fillna(0.0)
-    base = out[out["head"] == "parametric"].set_index(["model.backbone", "model.decoder", "data.dataset"])["mIoU_mean"]
-    out["gain"] = [row.mIoU_mean - base.get((row[0], row[1], row[3]), np.nan) if row.head != "parametric" else np.nan
-                   for row in out.itertuples(index=False)]
+    same = ["model.backbone", "model.decoder", "data.dataset"]  # the parametric row a method is compared with
+    base = out[out["head"] == "parametric"].set_index(same)["mIoU_mean"]
+    parametric = pd.Series([base.get(key, np.nan) for key in zip(*(out[c] for c in same))], index=out.index)
+    out["gain"] = (out["mIoU_mean"] - parametric).where(out["head"] != "parametric")
     entries = paper if paper is not None else load_paper()
     out["paper"] = [_paper_value(entries, r["data.dataset"], r["model.backbone"], r["head"], r["prototypes"])
                     for _, r in out.iterrows()]

@@ -23,7 +23,8 @@ from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml
 STATES = ("pending", "running", "done", "failed", "cancelled", "crashed")
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing or half-written."""
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -69,7 +70,7 @@ class Store:
         """sweep.json: where the sweep came from and each code commit that ran it."""
         path = self.dir / "sweep.json"
         with self._lock(""):  # the sweep folder's own lock
-            info = _read_json(path) or {"name": self.sweep, "created": time.time(), "invocations": []}
+            info = read_json(path) or {"name": self.sweep, "created": time.time(), "invocations": []}
             info["source"] = str(Path(source).resolve()) if source else None
             info["invocations"].append({"time": time.time(), "commit": commit, "executor": executor,
                                         "runs": len(run_ids), "host": socket.gethostname()})
@@ -89,7 +90,7 @@ class Store:
 
     # ---- status -------------------------------------------------------
     def status(self, run_id: str) -> dict:
-        return _read_json(self.run_dir(run_id) / "status.json") or {"run_id": run_id, "state": "pending"}
+        return read_json(self.run_dir(run_id) / "status.json") or {"run_id": run_id, "state": "pending"}
 
     def update(self, run_id: str, **fields) -> dict:
         """Read-modify-write status.json (atomic replace)."""
@@ -134,11 +135,11 @@ class Store:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def claim_info(self, run_id: str) -> dict | None:
-        return _read_json(self._claim_path(run_id))
+        return read_json(self._claim_path(run_id))
 
     def _claim_alive(self, run_id: str, stale_after: float) -> bool:
         path = self._claim_path(run_id)
-        info = _read_json(path)
+        info = read_json(path)
         if info is None:
             return False
         try:
@@ -183,11 +184,11 @@ class Store:
         out = []
         for rid in self.run_ids():
             folder = self.run_dir(rid)
-            status = _read_json(folder / "status.json") or {}
+            status = read_json(folder / "status.json") or {}
             status["run_id"] = rid
             status["state"] = self.state(rid, stale_after, status)
             if status["state"] == "running":
-                status["progress"] = _read_json(folder / "progress.json")
+                status["progress"] = read_json(folder / "progress.json")
             out.append(status)
         return out
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from . import checkpoint, complexity, config
 from .data import build_dataset
+from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_yaml
 from .losses import total_loss
@@ -108,7 +109,7 @@ def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, count: 
     images, labels, preds = [], [], []
     for i in range(min(count, len(dataset))):
         image, label = dataset.load(i)
-        tensor, _ = dataset[i]
+        tensor, _ = eval_transform(image, label)
         logits = predict_logits(model.eval(), tensor[None].to(device), spec["eval"], dataset.num_classes)
         images.append(image)
         labels.append(np.asarray(label, dtype=np.uint8))

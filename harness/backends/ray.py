@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..matrix import RunSpec
-from ..store import Store, owner, pid_alive
+from ..store import Store, owner, pid_alive, read_json
 from . import BackendUnavailable
 from .local import cores
 
@@ -60,13 +60,6 @@ def _pointer_checkpoint(run_dir: Path, progress: dict | None):
     return Checkpoint.from_directory(str(folder))
 
 
-def _read_progress(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "progress.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def attempt(config: dict) -> None:
     """One try of one run inside a Tune trial: the engine runs in a thread while
     this one reports its progress to Tune. A run that fails inside the engine
@@ -74,11 +67,12 @@ def attempt(config: dict) -> None:
     trial that dies is retried by Tune and resumes from the engine's checkpoint."""
     from ray import tune
 
-    from ..worker import execute
-
     import torch
 
+    from ..worker import execute, store_of
+
     run_dir = Path(config["run"]["run_dir"])
+    store, rid = store_of(run_dir)
     torch.set_num_threads(int(config.get("threads") or 1))
     outcome: dict = {}
     trial = tune.get_context().get_trial_id()
@@ -96,14 +90,14 @@ def attempt(config: dict) -> None:
             stop.set()
             worker.join()
             os._exit(143)
-        progress = _read_progress(run_dir)
+        progress = read_json(run_dir / "progress.json")
         if progress and progress != last:
             tune.report({"iteration": progress["iteration"], "loss": progress["loss"], "state": "running"},
                         checkpoint=_pointer_checkpoint(run_dir, progress))
             last = progress
-    status = json.loads((run_dir / "status.json").read_text())
+    status = store.status(rid)
     tune.report({"state": status.get("state"), "mIoU": status.get("mIoU"), "exit_code": outcome.get("code")},
-                checkpoint=_pointer_checkpoint(run_dir, _read_progress(run_dir)))
+                checkpoint=_pointer_checkpoint(run_dir, read_json(run_dir / "progress.json")))
 
 
 def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True, trainable=None) -> dict[str, str]:
