@@ -1,4 +1,4 @@
-"""`harness run | status | report` over a results folder."""
+"""`harness run | status | cancel | report` over a results folder."""
 from __future__ import annotations
 
 import argparse
@@ -64,8 +64,10 @@ def _plan(store: Store, runs, args, stale_after) -> list[tuple[object, str]]:
         state = store.state(spec.run_id, stale_after)
         if state == "done":
             action = "rerun" if args.force else "skip (done)"
-        elif state == "running":
-            action = "skip (running elsewhere)"
+        elif state in ("running", "queued"):
+            status = store.status(spec.run_id)
+            job = status.get("job_id") if status.get("backend") == "slurm" else None
+            action = f"skip ({state}{' as SLURM job ' + job if job else ' elsewhere'})"
         elif state == "failed":
             action = ("resume" if store.has_checkpoint(spec.run_id) else "run") if args.retry_failed \
                 else "skip (failed; --retry-failed)"
@@ -85,7 +87,7 @@ def cmd_run(args) -> int:
         overrides.append(("executor.jobs", args.jobs))
     if args.address:
         overrides.append(("executor.address", args.address))
-    sweep = matrix.load(args.file, overrides)
+    sweep = matrix.load(args.file, overrides, args.profile)
     runs = [r for r in sweep.runs if _matches(r, args.only)]
     store = Store(args.results, sweep.name)
     stale_after = sweep.executor["stale_after"]
@@ -97,6 +99,14 @@ def cmd_run(args) -> int:
     todo = [spec for spec, action in plan if action in ("run", "resume", "rerun")]
     if args.dry_run:
         print(f"dry run: {len(todo)} would run")
+        if sweep.executor["backend"] == "slurm" and todo:
+            from .backends import slurm
+
+            try:
+                print("\nthe sbatch file:\n" + slurm.sbatch_script(sweep.executor, store.dir / ".slurm", len(todo),
+                                                                 slurm.job_name(store)))
+            except backends.BackendUnavailable as err:
+                print(f"(no sbatch file: {err})")
         return 0
     store.record_sweep(args.file, matrix.git_commit(), sweep.executor, [r.run_id for r in sweep.runs])
     for spec in sweep.runs:
@@ -107,6 +117,8 @@ def cmd_run(args) -> int:
             aside.parent.mkdir(exist_ok=True)
             shutil.move(str(store.run_dir(spec.run_id)), str(aside))
             store.prepare(spec.run_id, spec.spec, spec.settings)
+    for spec in todo:  # an old `harness cancel` request must not stop the new attempt
+        store.cancel_path(spec.run_id).unlink(missing_ok=True)
     run_backend = backends.get(sweep.executor["backend"])
     start = time.time()
     try:
@@ -144,12 +156,43 @@ def _status_lines(store: Store, stale_after: float) -> list[str]:
             progress = f"{p['iteration']}/{p['iterations']}"
         miou = f"mIoU {row['mIoU']:.2f}" if state == "done" and row.get("mIoU") is not None else ""
         error = (row.get("error") or "")[:80] if state in ("failed", "crashed", "cancelled") else ""
-        job = f"job {row['job_id']}" if row.get("job_id") else ""
+        job = f"job {row['job_id']}" if row.get("job_id") and state != "done" else ""
+        if row.get("log") and state != "done":
+            job += f" log {_short(row['log'])}"
         lines.append(f"  {row['run_id']}  {settings_text(row.get('settings', {})):<{width}}  {state:<9} "
                      f"{progress:>9} {miou:>11} {job} {error}".rstrip())
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"{len(rows)} runs: {summary or 'none'}")
     return lines
+
+
+def _short(path: str) -> str:
+    """A path relative to the current folder when it is below it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def cmd_cancel(args) -> int:
+    from .cancel import cancel
+    from .matrix import RunSpec
+    from .store import ACTIVE, load_spec
+
+    cancelled = 0
+    for store in _sweeps(args.results, args.target):
+        rows = [r for r in store.rows(args.stale_after) if r["state"] in ACTIVE]
+        rows = [r for r in rows if _matches(RunSpec(r["run_id"], load_spec(store.run_dir(r["run_id"]))), args.only)]
+        if not rows:
+            print(f"sweep {store.sweep}: nothing queued or running{' matches --only ' + args.only if args.only else ''}")
+            continue
+        print(f"sweep {store.sweep}: cancelling {len(rows)} run(s) (waiting up to {args.grace:.0f} s for checkpoints)")
+        outcome = cancel(store, [r["run_id"] for r in rows], args.grace)
+        for row in rows:
+            print(f"  {row['run_id']}  {settings_text(row.get('settings', {}))}  {outcome[row['run_id']]}")
+        cancelled += len(rows)
+    print(f"{cancelled} run(s) cancelled; `harness run` with the same file resumes them from their checkpoints")
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -195,7 +238,7 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, report")
+    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, help_text):
@@ -212,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("local", "slurm", "ray"))
     run.add_argument("--jobs", type=int, help="runs at once (local workers, Ray concurrent trials)")
     run.add_argument("--address", help="ray backend: an existing cluster ('auto' or ray://host:port)")
+    run.add_argument("--profile", help="slurm: a cluster profile, slurm/profiles/NAME.yaml or a YAML path")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override executor.<key> or base.<spec path>")
     run.set_defaults(func=cmd_run)
@@ -222,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=2.0)
     status.add_argument("--stale-after", type=float, default=120.0)
     status.set_defaults(func=cmd_status)
+
+    can = add("cancel", "stop a sweep's queued and running runs at a checkpoint (scancel on SLURM)")
+    can.add_argument("target", help="experiment file or sweep name")
+    can.add_argument("--only", help="key.path=value[,...] or a run id prefix")
+    can.add_argument("--grace", type=float, default=60.0,
+                     help="seconds a running run gets to write its checkpoint before scancel (default 60)")
+    can.add_argument("--stale-after", type=float, default=120.0)
+    can.set_defaults(func=cmd_cancel)
 
     rep = add("report", "paper-style table of a sweep")
     rep.add_argument("target", nargs="?", help="experiment file or sweep name (default: all)")

@@ -39,15 +39,31 @@ PROTOTYPE_ONLY = ("embed_dim", "num_prototypes", "gamma", "update_prototypes", "
 
 EXECUTOR_DEFAULTS = {
     "backend": "local",          # local | slurm | ray
-    "jobs": None,                # local: runs at once; None = fits the machine's cores
+    "jobs": None,                # runs at once: local workers (None = fits the cores), Ray trials, SLURM array %N
     "stale_after": 120,          # seconds without a heartbeat before a running run counts as crashed
     # ray
     "address": None,             # None = a local Ray started and stopped by the harness; "auto" or ray://...
     "cpus_per_trial": 1,
     "gpus_per_trial": 0,
     "max_failures": 2,           # Tune retries of a trial that died (it resumes from its checkpoint)
+    # slurm (submitit); a cluster's values belong in a profile: slurm/profiles/NAME.yaml, --profile NAME
+    "partition": None,
+    "account": None,
+    "qos": None,
+    "timeout_min": 1440,         # time limit per job; at its end the run checkpoints and is requeued
+    "cpus_per_task": None,       # None = the cluster's default; torch uses this many threads
+    "gpus_per_task": 0,
+    "tasks_per_node": 1,         # > 1: one DDP process per task (and per GPU)
+    "mem_gb": None,
+    "constraint": None,
+    "setup": [],                 # shell lines run before the job (module load ..., source venv)
+    "sbatch": {},                # any other sbatch flag, e.g. {exclude: node12, mail-type: END}
+    "max_timeouts": 3,           # requeues after a time-out before the run is marked failed
+    "signal_delay_s": 120,       # USR2 comes this long before the time limit: time to write a checkpoint
+    "wait": True,                # wait for the jobs with a progress bar; false: submit and return
 }
 BACKENDS = ("local", "slurm", "ray")
+PROFILES = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
 
 
 class MatrixError(ValueError):
@@ -143,28 +159,73 @@ def _cells(doc: dict, source: str) -> list[dict]:
     return cells
 
 
-def _executor(doc: dict, source: str) -> dict:
+def _unknown_executor_keys(given: dict, source: str, prefix: str = "") -> None:
+    for key in given:
+        if key not in EXECUTOR_DEFAULTS:
+            raise MatrixError(f"{source}: unknown key '{prefix}{key}'{_close(str(key), EXECUTOR_DEFAULTS)}; "
+                              f"valid: {', '.join(EXECUTOR_DEFAULTS)}")
+
+
+def load_profile(name: str) -> tuple[dict, Path]:
+    """A cluster profile: slurm/profiles/NAME.yaml, or a YAML file path, holding executor keys."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PROFILES / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+            raise MatrixError(f"--profile {name}: no {path}; profiles there: {', '.join(known) or '(none)'}; "
+                              f"or give a path to a YAML file of executor keys")
+    given = read_yaml(path, "profile", MatrixError) or {}
+    if not isinstance(given, dict):
+        raise MatrixError(f"{path}: a profile must be a mapping of executor keys, e.g. {{partition: gpu}}")
+    _unknown_executor_keys(given, str(path))
+    return given, path
+
+
+def _executor(doc: dict, source: str, profile: str | None = None) -> dict:
+    """Defaults < the profile < the file's executor section (with its --set overrides)."""
     given = doc.get("executor") or {}
     if not isinstance(given, dict):
         raise MatrixError(f"{source}: 'executor' must be a mapping")
-    out = dict(EXECUTOR_DEFAULTS)
+    _unknown_executor_keys(given, source, "executor.")
+    out, origin = dict(EXECUTOR_DEFAULTS), {}
+    if profile:
+        values, path = load_profile(profile)
+        out.update(values)
+        origin = {key: f"profile {path}" for key in values}
     for key, value in given.items():
-        if key not in EXECUTOR_DEFAULTS:
-            raise MatrixError(f"{source}: unknown key 'executor.{key}'{_close(key, EXECUTOR_DEFAULTS)}; "
-                              f"valid: {', '.join(EXECUTOR_DEFAULTS)}")
         out[key] = value
+        origin.pop(key, None)
     def number(v, minimum=0.0, strict=True):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > minimum if strict else v >= minimum)
 
-    for key, ok, valid in (("jobs", lambda v: v is None or (isinstance(v, int) and number(v)), "null or a positive integer"),
+    def integer(v, minimum=0):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+    def text(v):
+        return v is None or (isinstance(v, str) and v.strip() != "")
+
+    for key, ok, valid in (("jobs", lambda v: v is None or integer(v, 1), "null or a positive integer"),
                            ("stale_after", number, "a positive number of seconds"),
                            ("address", lambda v: v is None or isinstance(v, str), "null, 'auto' or ray://host:port"),
                            ("cpus_per_trial", number, "a positive number"),
                            ("gpus_per_trial", lambda v: number(v, strict=False), "a number >= 0"),
-                           ("max_failures", lambda v: isinstance(v, int) and number(v, strict=False),
-                            "an integer >= 0")):
+                           ("max_failures", integer, "an integer >= 0"),
+                           *((k, text, "null or a non-empty string") for k in ("partition", "account", "qos", "constraint")),
+                           ("timeout_min", lambda v: integer(v, 1), "a positive whole number of minutes"),
+                           ("cpus_per_task", lambda v: v is None or integer(v, 1), "null or a positive integer"),
+                           ("gpus_per_task", integer, "an integer >= 0"),
+                           ("tasks_per_node", lambda v: integer(v, 1), "a positive integer"),
+                           ("mem_gb", lambda v: v is None or number(v), "null or a positive number of GB"),
+                           ("setup", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                            "a list of shell lines"),
+                           ("sbatch", lambda v: isinstance(v, dict), "a mapping of sbatch flag to value"),
+                           ("max_timeouts", integer, "an integer >= 0"),
+                           ("signal_delay_s", lambda v: integer(v, 1), "a positive whole number of seconds"),
+                           ("wait", lambda v: isinstance(v, bool), "true or false")):
         if not ok(out[key]):
-            raise MatrixError(f"{source}: executor.{key} is {out[key]!r}; valid: {valid}")
+            where = f" (from {origin[key]})" if key in origin else ""
+            raise MatrixError(f"{source}: executor.{key} is {out[key]!r}{where}; valid: {valid}")
     if out["backend"] not in BACKENDS:
         raise MatrixError(f"{source}: executor.backend is {out['backend']!r}{_close(str(out['backend']), BACKENDS)}"
                           f"; valid: {', '.join(BACKENDS)}")
@@ -190,7 +251,7 @@ def _apply_overrides(doc: dict, overrides, source: str) -> None:
             _set_path(base, rest, value, source, f"--set {key}")
 
 
-def expand_doc(doc, source: str, overrides=()) -> Sweep:
+def expand_doc(doc, source: str, overrides=(), profile: str | None = None) -> Sweep:
     """A parsed experiment document -> Sweep; raises MatrixError naming `source`."""
     if not isinstance(doc, dict):
         raise MatrixError(f"{source}: an experiment file must be a mapping with keys {', '.join(TOP_KEYS)}")
@@ -241,7 +302,7 @@ def expand_doc(doc, source: str, overrides=()) -> Sweep:
     axes = list((doc.get("matrix") or {}).keys())
     for extra in doc.get("include") or []:
         axes += [k for k in extra if k not in axes]
-    return Sweep(name, source, list(runs.values()), _executor(doc, source), axes, doc.get("description", ""))
+    return Sweep(name, source, list(runs.values()), _executor(doc, source, profile), axes, doc.get("description", ""))
 
 
 def _check_names(spec: dict) -> None:
@@ -254,8 +315,8 @@ def _check_names(spec: dict) -> None:
             raise ValueError(f"{path} is {value!r}{_close(str(value), valid)}; valid: {', '.join(valid)}")
 
 
-def load(path: str | Path, overrides=()) -> Sweep:
-    return expand_doc(read_yaml(path, "experiment file", MatrixError), str(path), overrides)
+def load(path: str | Path, overrides=(), profile: str | None = None) -> Sweep:
+    return expand_doc(read_yaml(path, "experiment file", MatrixError), str(path), overrides, profile)
 
 
 def git_commit(folder: Path | None = None) -> str | None:

@@ -4,7 +4,9 @@ A run folder holds spec.yaml, status.json, train.log, checkpoints/ and, when
 done, metrics.json (done means metrics.json exists). A run is claimed before
 it starts: `claim` is created exclusively and its mtime is the heartbeat; a
 claim whose owner is gone (same host, dead pid) or whose heartbeat is older
-than `stale_after` seconds counts as crashed and may be taken over.
+than `stale_after` seconds counts as crashed and may be taken over. A claim
+held by a SLURM job ({"backend": "slurm", "job_id": ...}) lives as long as
+squeue lists the job as pending, running or requeued, heartbeat or not.
 """
 from __future__ import annotations
 
@@ -20,7 +22,10 @@ import yaml
 
 from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml
 
-STATES = ("pending", "running", "done", "failed", "cancelled", "crashed")
+from . import slurm_jobs
+
+STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed")
+ACTIVE = ("queued", "running")
 
 
 def read_json(path: Path) -> dict | None:
@@ -95,21 +100,30 @@ class Store:
     def update(self, run_id: str, **fields) -> dict:
         """Read-modify-write status.json (atomic replace)."""
         with self._lock(run_id):
-            status = {**self.status(run_id), **fields, "updated": time.time()}
-            atomic_write_json(self.run_dir(run_id) / "status.json", status)
+            return self._merge_status(run_id, fields)
+
+    def _merge_status(self, run_id: str, fields: dict) -> dict:
+        status = {**self.status(run_id), **fields, "updated": time.time()}
+        atomic_write_json(self.run_dir(run_id) / "status.json", status)
         return status
 
     def is_done(self, run_id: str) -> bool:
         return (self.run_dir(run_id) / "metrics.json").exists()
 
     def state(self, run_id: str, stale_after: float = 120, status: dict | None = None) -> str:
-        """done / running / failed / cancelled / crashed / pending, from the files on disk."""
+        """done / queued / running / failed / cancelled / crashed / pending, from the files on disk."""
         if self.is_done(run_id):
             return "done"
         state = (status or self.status(run_id)).get("state", "pending")
-        if state == "running" or self._claim_path(run_id).exists():
-            return "running" if self._claim_alive(run_id, stale_after) else "crashed"
+        if state in ACTIVE or self._claim_path(run_id).exists():
+            if not self.claim_alive(run_id, stale_after):
+                return "crashed"
+            return state if state in ACTIVE else "running"
         return "pending" if state == "done" else state  # status said done but metrics.json is gone
+
+    def cancel_path(self, run_id: str) -> Path:
+        """A file that asks the run's worker, wherever it runs, to stop at a checkpoint."""
+        return self.run_dir(run_id) / "cancel"
 
     def has_checkpoint(self, run_id: str) -> bool:
         return any((self.run_dir(run_id) / "checkpoints").glob("iter_*.pt"))
@@ -137,11 +151,15 @@ class Store:
     def claim_info(self, run_id: str) -> dict | None:
         return read_json(self._claim_path(run_id))
 
-    def _claim_alive(self, run_id: str, stale_after: float) -> bool:
+    def claim_alive(self, run_id: str, stale_after: float) -> bool:
         path = self._claim_path(run_id)
         info = read_json(path)
         if info is None:
             return False
+        if info.get("backend") == "slurm" and info.get("job_id"):
+            alive = slurm_jobs.alive(info["job_id"])
+            if alive is not None:
+                return alive
         try:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
@@ -158,13 +176,23 @@ class Store:
                 return False
             path = self._claim_path(run_id)
             if path.exists():
-                if self._claim_alive(run_id, stale_after):
+                if self.claim_alive(run_id, stale_after):
                     return False
                 path.unlink()
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             with os.fdopen(fd, "w") as handle:
                 json.dump(who, handle)
             return True
+
+    def hand_to_job(self, run_id: str, submitter: dict, job: dict, **fields) -> None:
+        """After sbatch: the submitter's claim becomes the job's and the run is "queued".
+        If the job has started already (and taken the claim), only its id is recorded."""
+        with self._lock(run_id):
+            held = read_json(self._claim_path(run_id)) or {}
+            if held.get("pid") == submitter["pid"] and held.get("host") == submitter["host"]:
+                atomic_write_text(self._claim_path(run_id), json.dumps(job))
+                fields["state"] = "queued"
+            self._merge_status(run_id, fields)
 
     def retake(self, run_id: str, who: dict) -> None:
         """The claim's owner hands it to another process (e.g. the worker it started)."""
@@ -181,10 +209,13 @@ class Store:
     # ---- reading many runs fast (status, report) -----------------------
     def rows(self, stale_after: float = 120) -> list[dict]:
         """One dict per run: status.json fields, the derived state and, while running, progress."""
-        out = []
-        for rid in self.run_ids():
+        out, statuses = [], {rid: read_json(self.run_dir(rid) / "status.json") or {} for rid in self.run_ids()}
+        jobs = [s.get("job_id") for s in statuses.values() if s.get("backend") == "slurm" and s.get("state") in ACTIVE]
+        if jobs:
+            with contextlib.suppress(slurm_jobs.SlurmUnavailable):
+                slurm_jobs.prefetch(jobs)  # one squeue call, not one per run
+        for rid, status in statuses.items():
             folder = self.run_dir(rid)
-            status = read_json(folder / "status.json") or {}
             status["run_id"] = rid
             status["state"] = self.state(rid, stale_after, status)
             if status["state"] == "running":

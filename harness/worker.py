@@ -3,7 +3,9 @@
     python -m harness.worker RESULTS/SWEEP/RUN_ID [--threads N]
 
 Takes over the run's claim, keeps its heartbeat, calls protoseg.engine.run,
-and records done / failed (with the traceback in error.txt) / interrupted.
+and records done / failed (with the traceback in error.txt) / cancelled. The
+run stops at a checkpoint when `stop` is set or when `harness cancel` leaves
+a cancel file in the run folder.
 """
 from __future__ import annotations
 
@@ -36,14 +38,21 @@ def store_of(run_dir: Path) -> tuple[Store, str]:
 
 
 def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = None,
-            stop: threading.Event | None = None) -> int:
-    """Run one stored run to the end. Returns 0 done, 1 failed, 143 interrupted."""
+            stop: threading.Event | None = None, requeue: threading.Event | None = None) -> int:
+    """Run one stored run to the end. Returns 0 done, 1 failed, 143 interrupted.
+
+    When `requeue` is set at the stop, the run goes back to "queued" and its
+    claim to the (SLURM) job `job_id`, which will start it again."""
     from protoseg import engine
 
     store, rid = store_of(run_dir)
     if store.is_done(rid):  # last guard: a done run is never trained again
         store.release(rid)
         return 0
+    cancel = store.cancel_path(rid)
+    if cancel.exists():  # cancelled while it waited in a queue
+        _record_cancel(store, rid)
+        return 143
     stop = stop or threading.Event()
     store.retake(rid, owner(backend=backend, job_id=job_id))
     attempts = int(store.status(rid).get("attempts", 0)) + 1
@@ -59,18 +68,33 @@ def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = No
 
     threading.Thread(target=beat, daemon=True).start()
     try:
-        metrics = engine.run(load_spec(store.run_dir(rid)), store.run_dir(rid), stop=stop.is_set)
+        metrics = engine.run(load_spec(store.run_dir(rid)), store.run_dir(rid),
+                             stop=lambda: stop.is_set() or cancel.exists())
         store.update(rid, state="done", mIoU=metrics["mIoU"], finished=time.time(), error=None)
         return 0
     except engine.Interrupted as err:
-        store.update(rid, state="cancelled", error=str(err), finished=time.time())
+        if cancel.exists():
+            _record_cancel(store, rid)
+        elif requeue is not None and requeue.is_set():
+            store.update(rid, state="queued", error=None, requeued=time.time())
+            store.retake(rid, {**owner(backend=backend, job_id=job_id), "pid": None})
+            return 143
+        else:
+            store.update(rid, state="cancelled", error=str(err), finished=time.time())
         return 143
     except Exception as err:  # any failure of the run is recorded, never raised further
         store.write_error(rid, f"{type(err).__name__}: {err}", traceback.format_exc())
         return 1
     finally:
         beating.set()
-        store.release(rid)
+        if store.status(rid).get("state") != "queued":
+            store.release(rid)
+
+
+def _record_cancel(store: Store, rid: str) -> None:
+    store.update(rid, state="cancelled", error="cancelled by `harness cancel`", finished=time.time())
+    store.cancel_path(rid).unlink(missing_ok=True)
+    store.release(rid)
 
 
 def main(argv=None) -> int:

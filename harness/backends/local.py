@@ -7,10 +7,9 @@ import subprocess
 import sys
 import time
 
-from tqdm import tqdm
-
-from ..matrix import RunSpec, settings_text
+from ..matrix import RunSpec
 from ..store import Store, owner
+from . import RunBar
 
 
 def cores() -> int:
@@ -45,18 +44,11 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
     threads = max(1, cores() // jobs)
     stale_after = executor.get("stale_after", 120)
     pending, active, final = list(runs), {}, {}
-    labels = {r.run_id: r for r in runs}
-    bar = tqdm(total=len(runs), desc=f"{store.sweep} ({jobs} at a time, {threads} thread(s) each)",
-               unit="run", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    bar = RunBar(store, runs, f"{store.sweep} ({jobs} at a time, {threads} thread(s) each)", progress)
 
     def finish(rid: str, state: str) -> None:
         final[rid] = state
-        counts = {s: list(final.values()).count(s) for s in ("done", "failed")}
-        bar.set_postfix(running=len(active), **counts)
-        bar.update(1)
-        metrics = store.status(rid)
-        detail = f"mIoU {metrics.get('mIoU')}" if state == "done" else (metrics.get("error") or "")
-        bar.write(f"  {state:<8} {rid}  {settings_text(labels[rid].settings)}  {detail}")
+        bar.finish(rid, state, running=len(active))
 
     try:
         while pending or active:
@@ -77,7 +69,7 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
                 finish(rid, store.state(rid, stale_after))
             time.sleep(0.1)
     except KeyboardInterrupt:
-        bar.write(f"interrupted: stopping {len(active)} running run(s) at a checkpoint...")
+        bar.note(f"interrupted: stopping {len(active)} running run(s) at a checkpoint...")
         _stop_all(active)
         raise
     finally:

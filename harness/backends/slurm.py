@@ -1,0 +1,215 @@
+"""SLURM backend through submitit: the pending runs go out as ONE job array.
+
+Each array task runs `RunJob(run_dir)`. On a time-out or a preemption SLURM
+sends USR2; submitit then calls `RunJob.checkpoint()`, which stops the engine
+at a checkpoint and hands the run back to the job, and requeues the job; the
+requeued task resumes from that checkpoint. The run store stays the truth:
+job ids go into status.json as soon as sbatch returns, and a run's claim
+lives as long as squeue lists its job, so `harness run` again after the
+submitting shell died submits nothing twice.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .. import slurm_jobs
+from ..matrix import RunSpec
+from ..store import Store, owner
+from ..worker import execute, store_of
+from . import BackendUnavailable, RunBar
+
+POLL_S = 2.0
+FINAL = ("done", "failed", "cancelled", "crashed")
+
+
+def job_name(store: Store) -> str:
+    return f"protoseg-{store.sweep}"
+
+
+def parameters(executor: dict, name: str) -> dict:
+    """The executor section as submitit AutoExecutor parameters."""
+    params = {"name": name, "timeout_min": executor["timeout_min"], "nodes": 1,
+              "tasks_per_node": executor["tasks_per_node"],
+              "slurm_signal_delay_s": executor["signal_delay_s"],
+              "slurm_setup": list(executor["setup"]),
+              "slurm_additional_parameters": dict(executor["sbatch"])}
+    if executor["jobs"]:
+        params["slurm_array_parallelism"] = executor["jobs"]
+    if executor["gpus_per_task"]:
+        params["gpus_per_node"] = executor["gpus_per_task"] * executor["tasks_per_node"]
+    for key, name_ in (("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"), ("partition", "slurm_partition"),
+                       ("account", "slurm_account"), ("qos", "slurm_qos"), ("constraint", "slurm_constraint")):
+        if executor[key] is not None:
+            params[name_] = executor[key]
+    return params
+
+
+def make_executor(folder: Path, executor: dict, name: str):
+    import submitit
+
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=executor["max_timeouts"])
+    except RuntimeError as err:  # no srun here
+        raise BackendUnavailable(f"SLURM is not available on this machine: {err}") from None
+    ex.update_parameters(**parameters(executor, name))
+    return ex
+
+
+def sbatch_script(executor: dict, folder: Path, count: int, name: str = "protoseg") -> str:
+    """The sbatch file submitit writes for an array of `count` runs (what `--dry-run` shows)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    ex = make_executor(folder, executor, name)._executor
+    return _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder,
+                               map_count=count if count > 1 else None, **ex.parameters)
+
+
+class RunJob:
+    """What each array task runs; checkpointable, so submitit requeues it on USR2."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+
+    def __call__(self) -> int:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        store, rid = store_of(Path(self.run_dir))
+        held = store.claim_info(rid) or {}
+        if held.get("job_id") not in (None, env.job_id) and store.claim_alive(rid, stale_after=120):
+            print(f"{rid} is held by SLURM job {held['job_id']}; this job {env.job_id} leaves it", file=sys.stderr)
+            return 0
+        if env.num_tasks > 1:  # one DDP process per task: torch's env:// rendezvous from SLURM's variables
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        if env.global_rank != 0:
+            return _follow(self.run_dir)
+        self._stop, self._requeue, outcome = threading.Event(), threading.Event(), {}
+        self._thread = threading.Thread(target=lambda: outcome.update(code=execute(
+            self.run_dir, backend="slurm", job_id=env.job_id, stop=self._stop, requeue=self._requeue)))
+        self._thread.start()
+        try:
+            while self._thread.is_alive():
+                self._thread.join(1.0)  # short joins: submitit's USR2 handler runs in this (main) thread
+        except submitit.core.utils.UncompletedJobError as err:  # from the handler: no requeue left
+            store.write_error(rid, f"SLURM job {env.job_id}: {err} (max_timeouts); its checkpoint is kept: "
+                                   f"`harness run --retry-failed` resumes it", traceback.format_exc())
+            store.release(rid)
+            raise
+        return outcome.get("code", 1)
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on USR2: stop at a checkpoint, then let submitit requeue this job."""
+        from submitit.helpers import DelayedSubmission
+
+        self._requeue.set()
+        self._stop.set()
+        self._thread.join()
+        return DelayedSubmission(RunJob(self.run_dir))
+
+    def __getstate__(self):  # only the run folder travels in the pickle
+        return {"run_dir": self.run_dir}
+
+
+def _follow(run_dir: str) -> int:
+    """DDP ranks > 0: train alongside rank 0, which keeps the store; the engine stops all ranks together."""
+    from protoseg import engine
+
+    from ..store import load_spec
+
+    try:
+        engine.run(load_spec(Path(run_dir)), run_dir)
+    except engine.Interrupted:
+        return 143
+    return 0
+
+
+def _submit(store: Store, runs: list[RunSpec], executor: dict) -> list:
+    folder = store.dir / ".slurm"
+    ex = make_executor(folder, executor, job_name(store))
+    import submitit
+
+    try:
+        with ex.batch():
+            jobs = [ex.submit(RunJob(str(store.run_dir(r.run_id)))) for r in runs]
+    except submitit.core.utils.FailedJobError as err:
+        raise BackendUnavailable(f"sbatch refused the job array: {str(err).strip() or err!r}") from None
+    return jobs
+
+
+def _explain_crashes(store: Store, crashed: dict[str, str]) -> None:
+    """A run whose job ended without it finishing: say how the job ended (sacct)."""
+    ends = slurm_jobs.end_states(crashed.values())
+    for rid, job in crashed.items():
+        store.update(rid, state="crashed", error=f"SLURM job {job} ended {ends.get(job, 'without a word')} before "
+                                                  f"the run finished; run the same command again to resume it")
+
+
+def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True) -> dict[str, str]:
+    stale_after = executor["stale_after"]
+    me = owner(backend="slurm")
+    claimed, final = [], {}
+    for spec in runs:
+        if store.claim(spec.run_id, me, stale_after):
+            claimed.append(spec)
+        else:
+            final[spec.run_id] = "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere"
+    if not claimed:
+        return final
+    try:
+        jobs = _submit(store, claimed, executor)
+    except BaseException:
+        for spec in claimed:
+            store.release(spec.run_id)
+        raise
+    ids = {}
+    for spec, job in zip(claimed, jobs):
+        ids[spec.run_id] = job.job_id
+        store.hand_to_job(spec.run_id, me, {**me, "job_id": job.job_id, "pid": None},
+                          job_id=job.job_id, backend="slurm", log=str(job.paths.stderr), submitted=time.time())
+    first = jobs[0].job_id.split("_")[0]
+    print(f"submitted {len(jobs)} run(s) to SLURM as job {first}"
+          f"{' (array, ' + str(executor['jobs'] or 'all') + ' at a time)' if len(jobs) > 1 else ''}; "
+          f"logs in {store.dir / '.slurm'}", file=sys.stderr)
+    if not executor["wait"]:
+        print(f"not waiting (executor.wait: false); follow with `harness status {store.sweep} --watch`",
+              file=sys.stderr)
+        return {**final, **{rid: "queued" for rid in ids}}
+    try:
+        return {**final, **_wait(store, claimed, ids, stale_after, progress)}
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; the jobs keep running on SLURM. Follow them with `harness status "
+              f"{store.sweep} --watch`, stop them with `harness cancel {store.sweep}`", file=sys.stderr)
+        raise
+
+
+def _wait(store: Store, runs: list[RunSpec], ids: dict[str, str], stale_after: float, progress: bool) -> dict:
+    bar = RunBar(store, runs, f"{store.sweep} on SLURM", progress)
+    final: dict[str, str] = {}
+    try:
+        while len(final) < len(runs):
+            open_ = [rid for rid in ids if rid not in final]
+            try:
+                slurm_jobs.prefetch(ids[rid] for rid in open_)
+            except slurm_jobs.SlurmUnavailable as err:  # judge nothing on a squeue that did not answer
+                bar.note(f"squeue: {err}; asking again")
+                time.sleep(10 * POLL_S)
+                continue
+            states = {rid: store.state(rid, stale_after) for rid in open_}
+            crashed = {rid: ids[rid] for rid, s in states.items() if s == "crashed"}
+            if crashed:
+                _explain_crashes(store, crashed)
+            for rid, state in states.items():
+                if state in FINAL:
+                    final[rid] = state
+                    bar.finish(rid, state, active=sum(s in ("queued", "running") for s in states.values()))
+            bar.show(queued=sum(s == "queued" for s in states.values()),
+                     running=sum(s == "running" for s in states.values()))
+            if len(final) < len(runs):
+                time.sleep(POLL_S)
+    finally:
+        bar.close()
+    return final

@@ -1,0 +1,98 @@
+"""What SLURM says about job ids: squeue for the live ones, sacct for how the
+others ended, scancel. Used by the run store (is a SLURM claim's job still
+alive?), the SLURM backend and `harness cancel`; needs no submitit.
+
+A job id is submitit's: "123" for a single job, "123_4" for an array task.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+# squeue lists finished jobs for a while (MinJobAge) in one of these states
+TERMINAL = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+            "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"}
+CACHE_S = 3.0
+_cache: dict[str, tuple[float, str | None]] = {}  # job id -> (when asked, squeue state or None = not listed)
+
+
+class SlurmUnavailable(RuntimeError):
+    """No SLURM client here, or its controller does not answer."""
+
+
+def _call(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    if shutil.which(args[0]) is None:
+        raise SlurmUnavailable(f"`{args[0]}` is not on PATH")
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailable(f"`{' '.join(args[:2])} ...` did not answer in {timeout:.0f} s") from None
+
+
+def squeue(job_ids: list[str]) -> dict[str, str]:
+    """{job id: state} of the ids squeue still lists (array tasks one by one)."""
+    found: dict[str, str] = {}
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start:start + 500]
+        out = _call(["squeue", "-h", "-r", "-o", "%i|%T", f"--jobs={','.join(chunk)}"])
+        if out.returncode != 0:
+            if "Invalid job id" in out.stderr:  # none of them is known any more
+                continue
+            raise SlurmUnavailable(f"squeue failed: {out.stderr.strip()}")
+        for line in out.stdout.splitlines():
+            job, _, state = line.partition("|")
+            found[job.strip()] = state.strip()
+    return found
+
+
+def prefetch(job_ids) -> None:
+    """Ask squeue once about many jobs; `alive` then answers from the cache."""
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        return
+    states = squeue(ids)
+    now = time.monotonic()
+    for job in ids:
+        _cache[job] = (now, states.get(job))
+
+
+def alive(job_id: str) -> bool | None:
+    """True while the job is pending, running or requeued; None when SLURM cannot be asked."""
+    job_id = str(job_id)
+    hit = _cache.get(job_id)
+    if hit is None or time.monotonic() - hit[0] > CACHE_S:
+        try:
+            prefetch([job_id])
+        except SlurmUnavailable:
+            return None
+        hit = _cache[job_id]
+    return hit[1] is not None and hit[1] not in TERMINAL
+
+
+def end_states(job_ids) -> dict[str, str]:
+    """{job id: final state} from sacct (e.g. OUT_OF_MEMORY, NODE_FAIL); {} without accounting."""
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        return {}
+    try:
+        out = _call(["sacct", "-n", "-X", "-P", "-o", "JobID,State", f"--jobs={','.join(ids)}"])
+    except SlurmUnavailable:
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        job, _, state = line.partition("|")
+        states[job.strip()] = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0"
+    return {job: states[job] for job in ids if job in states}
+
+
+def cancel(job_ids, signal: str | None = None) -> None:
+    """scancel the jobs (or only send them `signal`)."""
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        return
+    out = _call(["scancel", *([f"--signal={signal}"] if signal else []), *ids])
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        raise SlurmUnavailable(f"scancel failed: {out.stderr.strip()}")
+    for job in ids:
+        _cache.pop(job, None)
