@@ -1,5 +1,8 @@
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,3 +31,36 @@ def tiny_spec(**sections) -> dict:
 @pytest.fixture
 def spec():
     return tiny_spec()
+
+
+def _dev_slurm_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "slurm/dev-cluster needs root"
+    if not (shutil.which("slurmctld") or shutil.which("apt-get")):
+        return "neither SLURM nor apt-get to install it is here"
+    return None
+
+
+needs_dev_slurm = pytest.mark.skipif(_dev_slurm_unavailable() is not None, reason=_dev_slurm_unavailable() or "")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM (slurm/dev-cluster) for the session; SLURM_CONF is set while it lives."""
+    # not under pytest's tmp_path: that is private (mode 700) and munged runs as user munge
+    folder = Path(tempfile.mkdtemp(prefix="devslurm-", dir="/tmp"))
+    script = ROOT / "slurm" / "dev-cluster"
+    up = subprocess.run([str(script), "up", str(folder)], capture_output=True, text=True, timeout=600)
+    if up.returncode != 0:
+        pytest.fail(f"slurm/dev-cluster up failed:\n{up.stderr}")
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
+    try:
+        yield folder
+    finally:
+        subprocess.run([str(script), "down", str(folder)], capture_output=True, timeout=300)
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before
+        shutil.rmtree(folder, ignore_errors=True)

@@ -8,15 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, needs_dev_slurm
 
 SCRIPT = ROOT / "slurm" / "dev-cluster"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="dev-cluster needs root"),
-    pytest.mark.skipif(not (shutil.which("slurmctld") or shutil.which("apt-get")),
-                       reason="neither SLURM nor apt-get to install it is here"),
-]
+pytestmark = [pytest.mark.slow, needs_dev_slurm]
 
 
 def cli(*args, env=None, timeout=300):
