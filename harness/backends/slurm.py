@@ -205,7 +205,7 @@ def _wait(store: Store, runs: list[RunSpec], ids: dict[str, str], stale_after: f
             for rid, state in states.items():
                 if state in FINAL:
                     final[rid] = state
-                    bar.finish(rid, state, active=sum(s in ("queued", "running") for s in states.values()))
+                    bar.finish(rid, state)
             bar.show(queued=sum(s == "queued" for s in states.values()),
                      running=sum(s == "running" for s in states.values()))
             if len(final) < len(runs):
