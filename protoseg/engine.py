@@ -1,6 +1,7 @@
 """Train and evaluate ONE run; checkpoint and resume exactly.
 
     python -m protoseg.engine --spec run.yaml --out DIR [--set train.iterations=100]
+    torchrun --nproc-per-node 4 -m protoseg.engine ...   (DDP; data.batch_size is the global batch)
 
 writes DIR/metrics.json as its last act. Started again with the same command
 after a kill, it resumes from the newest valid checkpoint in DIR and ends with
@@ -9,6 +10,7 @@ the same weights and metrics as a run that was never interrupted.
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import logging
 import math
@@ -18,15 +20,17 @@ import random
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, complexity, config
+from . import checkpoint, complexity, config, distributed
 from .data import build_dataset
 from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
@@ -51,11 +55,14 @@ class TrainBatches:
     Each epoch is a permutation drawn from (seed, epoch) and each sample's
     augmentation seed is (seed, epoch, position), so the data of iteration i
     depends on nothing but i: a resumed run sees exactly the batches that an
-    uninterrupted one would, whatever the worker count.
+    uninterrupted one would, whatever the worker count. `batch_size` is the
+    global batch; process `rank` of `world` takes its slice [rank::world].
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, end: int):
+    def __init__(self, size: int, batch_size: int, seed: int, start: int, end: int,
+                 rank: int = 0, world: int = 1):
         self.size, self.batch_size, self.seed, self.start, self.end = size, batch_size, seed, start, end
+        self.rank, self.world = rank, world
         self._perm: tuple[int, np.ndarray] | None = None
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -69,7 +76,7 @@ class TrainBatches:
             for pos in range(it * self.batch_size, (it + 1) * self.batch_size):
                 epoch, i = divmod(pos, self.size)
                 batch.append((int(self._permutation(epoch)[i]), (self.seed, epoch, i)))
-            yield batch
+            yield batch[self.rank::self.world]
 
     def __len__(self):
         return self.end - self.start
@@ -85,6 +92,28 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _rank_seed(seed: int, rank: int, iteration: int) -> int:
+    """A seed of its own for each rank: independent dropout masks and Gumbel draws, as in one big batch."""
+    return int(np.random.SeedSequence([seed, rank, iteration]).generate_state(1)[0])
+
+
+def _check_world(spec: dict, world: int) -> None:
+    batch_size = spec["data"]["batch_size"]
+    if batch_size % world:
+        raise ValueError(f"data.batch_size is {batch_size}, the global batch, which {world} processes "
+                         f"cannot split evenly: make it a multiple of the world size {world}")
+
+
+def _wrap(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP without find_unused_parameters: every parameter of every registered backbone and head gets a gradient."""
+    # No buffer broadcast at each forward: the head averages the prototypes over ranks itself, and
+    # BN statistics are unused in training mode (run_eval takes rank 0's). torch 2.13 renamed the flag.
+    flag = "forward_sync_buffers"
+    if flag not in inspect.signature(DistributedDataParallel).parameters:
+        flag = "broadcast_buffers"
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **{flag: False})
 
 
 def _configure_torch(train_cfg: dict) -> None:
@@ -124,25 +153,66 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None)
 
     `stop` is polled once per iteration: when it returns True a checkpoint is
     written and `Interrupted` is raised (preemption, SIGTERM, a Tune stop).
+    Started as one of WORLD_SIZE > 1 processes (torchrun, or SLURM through
+    submitit), it trains with DistributedDataParallel and rank 0 alone writes.
     """
     spec = config.resolve(spec)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_yaml(run_dir / "spec.yaml", spec)
-    handler = _attach_log(run_dir)
+    rank, world = distributed.init_from_env(pick_device(spec["train"]["device"]).type)
+    handler = None
     try:
-        return _train(spec, run_dir, stop or (lambda: False))
-    except Exception:
-        log.exception("run failed")
+        _check_world(spec, world)
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_yaml(run_dir / "spec.yaml", spec)
+            handler = _attach_log(run_dir)
+        return _train(spec, run_dir, stop or (lambda: False), rank, world)
+    except Exception as err:
+        if isinstance(err, Interrupted):
+            log.info("%s", err)
+        else:
+            log.exception("run failed")
+        if world > 1:
+            # Free the DDP reducer that the traceback's frames hold before destroy() frees the gloo
+            # group: the other way round, the group's teardown can deadlock on the GIL (pytorch#56297).
+            traceback.clear_frames(err.__traceback__)
         raise
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        distributed.destroy()
 
 
-def _train(spec: dict, run_dir: Path, stop: Callable[[], bool]) -> dict:
+def _resume(run_dir: Path, stateful: dict, rank: int, world: int, seed: int) -> tuple[int, list, list, float]:
+    """Load the newest checkpoint into `stateful` and this rank's random state; (iteration, history, evals, time)."""
+    state = checkpoint.load_latest(run_dir)
+    if state is not None:
+        for key, obj in stateful.items():
+            obj.load_state_dict(state[key])
+        rngs = state.get("rank_rngs", [state["rng"]])
+        if len(rngs) == world:
+            checkpoint.set_rng_state(rngs[rank])
+        else:
+            log.warning("the checkpoint is of %d process(es), this run has %d: same data, other random draws "
+                        "(not an exact resume)", len(rngs), world)
+            _seed_everything(_rank_seed(seed, rank, state["iteration"]))
+        log.info("resumed from iteration %d", state["iteration"])
+    starts = distributed.all_gather(0 if state is None else state["iteration"])
+    if len(set(starts)) > 1:
+        raise RuntimeError(f"{run_dir}: the ranks found different newest checkpoints (iterations {starts}); "
+                           f"is {run_dir / 'checkpoints'} on a file system that every rank sees alike?")
+    if state is None:
+        return 0, [], [], 0.0
+    return state["iteration"], state["history"], state["evals"], state["train_time"]
+
+
+def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int) -> dict:
     mcfg, dcfg, tcfg = spec["model"], spec["data"], spec["train"]
+    main = rank == 0
     device = pick_device(tcfg["device"])
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's, set by init_from_env
     _configure_torch(tcfg)
     _seed_everything(tcfg["seed"])
     train_set, val_set = build_dataset(dcfg, "train"), build_dataset(dcfg, "val")
@@ -154,46 +224,47 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool]) -> dict:
         optimizer, lambda it: max(1 - it / iterations, 0.0) ** tcfg["poly_power"])
     use_amp = tcfg["amp"] and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if world > 1:
+        _seed_everything(_rank_seed(tcfg["seed"], rank, 0))
 
-    start, history, evals, train_time = 0, [], [], 0.0
-    state = checkpoint.load_latest(run_dir)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start, history, evals, train_time = state["iteration"], state["history"], state["evals"], state["train_time"]
-        checkpoint.set_rng_state(state["rng"])
-        log.info("resumed from iteration %d", start)
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    start, history, evals, train_time = _resume(run_dir, stateful, rank, world, tcfg["seed"])
+    net = _wrap(model, device) if world > 1 else model
 
     def save(it: int) -> None:
-        checkpoint.save(run_dir, it, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "history": history, "evals": evals, "train_time": train_time}, tcfg["keep_checkpoints"])
+        rngs = {"rank_rngs": distributed.all_gather(checkpoint.rng_state())} if world > 1 else {}
+        if main:
+            checkpoint.save(run_dir, it, {
+                **{key: obj.state_dict() for key, obj in stateful.items()},
+                "history": history, "evals": evals, "train_time": train_time, **rngs}, tcfg["keep_checkpoints"])
+        distributed.barrier()  # no rank goes on, or leaves on Interrupted, before the checkpoint is on disk
 
     def run_eval() -> dict:
+        distributed.broadcast_from_main(model.buffers())  # BN statistics are rank-local (see _wrap)
         loader = DataLoader(val_set, batch_size=dcfg["val_batch_size"], num_workers=dcfg["num_workers"])
         return evaluate(model, loader, spec["eval"], val_set.num_classes, val_set.class_names, device)
 
     loader = DataLoader(
         train_set, num_workers=dcfg["num_workers"],
-        batch_sampler=TrainBatches(len(train_set), dcfg["batch_size"], tcfg["seed"], start, iterations),
+        batch_sampler=TrainBatches(len(train_set), dcfg["batch_size"], tcfg["seed"], start, iterations,
+                                   rank, world),
         # its own generator: creating the loader must not draw from the global RNG
         generator=torch.Generator().manual_seed(tcfg["seed"]))
-    bar = tqdm(total=iterations, initial=start, disable=not tcfg["progress"], dynamic_ncols=True,
+    bar = tqdm(total=iterations, initial=start, disable=not (tcfg["progress"] and main), dynamic_ncols=True,
                desc=run_dir.name, file=sys.stderr,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
-    model.train()
+    net.train()
     tick = time.perf_counter()
     for it, (images, labels) in enumerate(loader, start=start):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            out = model(images, labels)
+            out = net(images, labels)
         loss, parts = total_loss(out, labels, mcfg)
-        value = loss.item()
+        # the mean over ranks: it is logged, and a NaN on any rank stops every rank at once
+        value, *part_values = distributed.all_mean(torch.stack([loss, *parts.values()]).detach()).tolist()
+        part_values = dict(zip(parts, part_values))
         if not math.isfinite(value):
-            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+            detail = ", ".join(f"{k}={v:.4g}" for k, v in part_values.items())
             raise NonFiniteLoss(f"{run_dir}: loss is {value} at iteration {it + 1} ({detail}); "
                                 f"lower train.lr (now {tcfg['lr']}) or check the data. "
                                 f"The last checkpoint before it is kept.")
@@ -209,20 +280,21 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool]) -> dict:
         bar.update(1)
         if done % tcfg["log_interval"] == 0 or done == iterations:
             record = {"iteration": done, "loss": value, "lr": optimizer.param_groups[0]["lr"],
-                      **{k: v.item() for k, v in parts.items()}}
+                      **part_values}
             history.append(record)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{record['lr']:.2e}")
             log.info("iter %d/%d loss %.4f lr %.3e", done, iterations, value, record["lr"])
-            atomic_write_json(run_dir / "progress.json", {
-                "iteration": done, "iterations": iterations, "loss": value,
-                "it_per_s": bar.format_dict.get("rate"),
-                "time": time.time()})
+            if main:
+                atomic_write_json(run_dir / "progress.json", {
+                    "iteration": done, "iterations": iterations, "loss": value,
+                    "it_per_s": bar.format_dict.get("rate"),
+                    "time": time.time()})
         if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done < iterations:
             result = run_eval()
             evals.append({"iteration": done, "mIoU": result["mIoU"]})
             log.info("iter %d eval mIoU %s", done, result["mIoU"])
             tick = time.perf_counter()
-        interrupted = stop()
+        interrupted = distributed.any_rank(stop())
         if done % tcfg["checkpoint_interval"] == 0 or done == iterations or interrupted:
             save(done)
             tick = time.perf_counter()
@@ -250,10 +322,14 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool]) -> dict:
         "device": str(device),
         "host": platform.node(),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "world_size": world,
     }
-    _save_predictions(model, val_set, spec, device, run_dir)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    log.info("done: mIoU %s", metrics["mIoU"])
+    if main:
+        _save_predictions(model, val_set, spec, device, run_dir)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        log.info("done: mIoU %s", metrics["mIoU"])
+    distributed.barrier()  # on every rank, returning means metrics.json is on disk
     return metrics
 
 

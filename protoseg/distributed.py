@@ -1,0 +1,83 @@
+"""The process group of a multi-process run, from the environment that torchrun
+sets (and the SLURM backend exports): RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT. Without a group of two or more, every helper is a
+no-op, so single-process code runs unchanged."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+
+_created = False  # destroy() tears down only a group that init_from_env made
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init_from_env(device_type: str) -> tuple[int, int]:
+    """(rank, world_size); joins the group when WORLD_SIZE > 1 and none exists yet."""
+    global _created
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device_type == "cuda":
+            # modulo: a task may see only its own GPU (CUDA_VISIBLE_DEVICES set per task)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", init_method="env://")
+            _created = True
+    if not _active():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def destroy() -> None:
+    global _created
+    if _created:
+        dist.destroy_process_group()
+        _created = False
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is True on any."""
+    if not _active():
+        return flag
+    value = torch.tensor(int(flag), device=_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of `tensor` over ranks (a NaN on one rank is a NaN on all); without a group, `tensor`."""
+    if not _active():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
+def all_gather(obj: Any) -> list:
+    """Every rank's `obj` (picklable), in rank order."""
+    if not _active():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_from_main(tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite `tensors` in place with rank 0's."""
+    if _active():
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
+
+
+def barrier() -> None:
+    if _active():
+        device = _device()
+        dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
