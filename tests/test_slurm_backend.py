@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,6 +63,12 @@ def wait_for(predicate, what: str, timeout: float = 180):
             return value
         assert time.time() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def slurm(*args) -> str:
@@ -238,3 +245,27 @@ def test_a_raising_cell_is_failed_with_its_traceback_and_the_others_complete(tmp
     assert str(missing) in trace and f"failed {failed}" in proc.stdout
     shown = harness("status", "raises", results=results).stdout
     assert "failed" in shown and store.status(failed)["job_id"] in shown and ".slurm/" in shown
+
+
+def test_two_tasks_per_node_train_one_run_with_ddp_like_torchrun(tmp_path, results):
+    """tasks_per_node 2: the job's two tasks are one DDP run (env:// exported from SLURM's
+    variables); it equals the same spec under torchrun, and torch takes SLURM_CPUS_PER_TASK threads."""
+    path = experiment(tmp_path, "ddp", axes={"model.head": ["nonparametric"]}, iterations=6, tasks_per_node=2,
+                      cpus_per_task=1, jobs=1)
+    doc = yaml.safe_load(path.read_text())
+    doc["base"]["train"]["threads"] = None  # so the thread count comes from SLURM
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = harness("run", path, "--profile", "dev", results=results)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    store = Store(results, "ddp")
+    rid = store.run_ids()[0]
+    metrics = json.loads((store.run_dir(rid) / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["threads"] == 1
+
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-port", str(free_port()), "-m", "protoseg.engine",
+                               "--spec", str(store.run_dir(rid) / "spec.yaml"), "--out", str(tmp_path / "torchrun")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
+    same_results(store.run_dir(rid), tmp_path / "torchrun")
