@@ -28,6 +28,32 @@ def tiny_spec(**sections) -> dict:
     return spec
 
 
+def tiny_experiment(folder: Path, name: str, axes: dict, include, iterations: int, executor: dict,
+                    **train) -> Path:
+    """An experiment file over tiny_spec() runs: small decoder, a checkpoint every 2 iterations."""
+    import yaml
+
+    base = tiny_spec()
+    base["model"]["decoder_channels"] = 32  # small decoder: fast steps, small checkpoints
+    base["train"].update({"iterations": iterations, "checkpoint_interval": 2, "keep_checkpoints": 1, **train})
+    doc = {"sweep": name, "base": base, "matrix": axes, "executor": executor}
+    if include:
+        doc["include"] = include
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def harness_command(*args, results: Path) -> list[str]:
+    """`harness ARGS --results RESULTS` as the installed CLI runs it."""
+    return [sys.executable, "-m", "harness.cli", *map(str, args), "--results", str(results)]
+
+
+def run_harness(*args, results: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(harness_command(*args, results=results), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 @pytest.fixture
 def spec():
     return tiny_spec()

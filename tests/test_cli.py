@@ -9,14 +9,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, harness_command, run_harness, tiny_experiment, tiny_spec
 from harness import matrix
 from harness.store import Store
 
@@ -25,27 +24,13 @@ TIMEOUT = 240  # seconds for one CLI call (two cores, shared)
 
 def write_experiment(folder: Path, name: str, matrix_axes=None, include=None, jobs=2, iterations=4,
                      **train) -> Path:
-    base = tiny_spec()
-    base["model"]["decoder_channels"] = 32  # small decoder: fast steps, small checkpoints
-    base["train"].update({"iterations": iterations, "checkpoint_interval": 2, "keep_checkpoints": 1, **train})
-    doc = {"sweep": name, "base": base,
-           "matrix": matrix_axes if matrix_axes is not None else
-           {"model.head": ["parametric", "nonparametric"], "model.num_prototypes": [1, 2]},
-           "executor": {"backend": "local", "jobs": jobs}}
-    if include:
-        doc["include"] = include
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def command(*args, results: Path) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", *map(str, args), "--results", str(results)]
+    axes = matrix_axes if matrix_axes is not None else {"model.head": ["parametric", "nonparametric"],
+                                                        "model.num_prototypes": [1, 2]}
+    return tiny_experiment(folder, name, axes, include, iterations, {"backend": "local", "jobs": jobs}, **train)
 
 
 def harness(*args, results: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args, results=results), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return run_harness(*args, results=results, timeout=timeout)
 
 
 def plan(stdout: str) -> dict[str, str]:
@@ -331,7 +316,7 @@ def test_kill_minus_9_then_the_same_command_resumes(tmp_path):
     store = Store(results, "killed")
     short, long_ = (r.run_id for r in matrix.load(path).runs)
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(command("run", path, results=results), cwd=ROOT, stdout=log,
+    first = subprocess.Popen(harness_command("run", path, results=results), cwd=ROOT, stdout=log,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         wait_for(lambda: store.is_done(short) and store.has_checkpoint(long_), 180,
@@ -373,7 +358,7 @@ def test_kill_minus_9_then_the_same_command_resumes(tmp_path):
 def run_two_harnesses(tmp_path, path, results) -> tuple[list[int], list[str]]:
     """Start two `harness run` of the same file at the same moment; their exit codes and outputs."""
     logs = [open(tmp_path / f"h{i}.log", "w+") for i in range(2)]
-    procs = [subprocess.Popen(command("run", path, results=results), cwd=ROOT, stdout=log,
+    procs = [subprocess.Popen(harness_command("run", path, results=results), cwd=ROOT, stdout=log,
                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True) for log in logs]
     try:
         codes = [proc.wait(TIMEOUT) for proc in procs]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, needs_dev_slurm, tiny_spec
+from conftest import ROOT, harness_command, needs_dev_slurm, run_harness, tiny_experiment
 from harness.store import Store
 
 pytestmark = [pytest.mark.slow, needs_dev_slurm]
@@ -26,33 +26,18 @@ TIMEOUT = 300
 
 
 def experiment(folder: Path, name: str, axes=None, include=None, iterations=6, **executor) -> Path:
-    base = tiny_spec()
-    base["model"]["decoder_channels"] = 32
-    base["train"].update({"iterations": iterations, "checkpoint_interval": 2, "keep_checkpoints": 1})
-    doc = {"sweep": name, "base": base,
-           "matrix": axes if axes is not None else {"model.head": ["parametric", "nonparametric"],
-                                                    "train.seed": [0, 1]},
-           "executor": {"backend": "slurm", "jobs": 2, **executor}}
-    if include:
-        doc["include"] = include
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def command(*args, results: Path) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", *map(str, args), "--results", str(results)]
+    axes = axes if axes is not None else {"model.head": ["parametric", "nonparametric"], "train.seed": [0, 1]}
+    return tiny_experiment(folder, name, axes, include, iterations, {"backend": "slurm", "jobs": 2, **executor})
 
 
 def harness(*args, results: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args, results=results), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return run_harness(*args, results=results, timeout=timeout)
 
 
 def background(*args, results: Path, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen(command(*args, results=results), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(harness_command(*args, results=results), cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def wait_for(predicate, what: str, timeout: float = 180):

@@ -23,6 +23,17 @@ def get(name: str):
         raise
 
 
+def claim_all(store, runs, who: dict, stale_after: float) -> tuple[list, dict[str, str]]:
+    """Claim each run for `who`: (the runs claimed, {run id: why not} for the others)."""
+    claimed, others = [], {}
+    for spec in runs:
+        if store.claim(spec.run_id, who, stale_after):
+            claimed.append(spec)
+        else:
+            others[spec.run_id] = "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere"
+    return claimed, others
+
+
 class RunBar:
     """A progress bar over a backend's runs, with one line per finished run."""
 

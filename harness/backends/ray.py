@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from ..matrix import RunSpec
 from ..store import Store, owner, pid_alive, read_json
-from . import BackendUnavailable
+from . import BackendUnavailable, claim_all
 from .local import cores
 
 REPORT_EVERY_S = 5.0
@@ -106,12 +106,7 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
     from ray import tune
 
     stale_after = executor["stale_after"]
-    claimed, final = [], {}
-    for spec in runs:
-        if store.claim(spec.run_id, owner(backend="ray"), stale_after):
-            claimed.append(spec)
-        else:
-            final[spec.run_id] = "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere"
+    claimed, final = claim_all(store, runs, owner(backend="ray"), stale_after)
     if not claimed:
         return final
     try:

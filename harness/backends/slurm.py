@@ -20,7 +20,7 @@ from .. import slurm_jobs
 from ..matrix import RunSpec
 from ..store import Store, owner
 from ..worker import execute, store_of
-from . import BackendUnavailable, RunBar
+from . import BackendUnavailable, RunBar, claim_all
 
 POLL_S = 2.0
 FINAL = ("done", "failed", "cancelled", "crashed")
@@ -151,12 +151,7 @@ def _explain_crashes(store: Store, crashed: dict[str, str]) -> None:
 def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True) -> dict[str, str]:
     stale_after = executor["stale_after"]
     me = owner(backend="slurm")
-    claimed, final = [], {}
-    for spec in runs:
-        if store.claim(spec.run_id, me, stale_after):
-            claimed.append(spec)
-        else:
-            final[spec.run_id] = "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere"
+    claimed, final = claim_all(store, runs, me, stale_after)
     if not claimed:
         return final
     try:
