@@ -11,39 +11,41 @@ from .store import Store
 
 
 def _record(store: Store, rid: str) -> None:
+    """Cancelled; the cancel file stays, so a job that starts after all stops at once
+    (`harness run` removes it before it starts the run again)."""
     store.update(rid, state="cancelled", error="cancelled by `harness cancel`", finished=time.time())
     store.release(rid)
-    store.cancel_path(rid).unlink(missing_ok=True)
 
 
-def cancel(store: Store, run_ids: list[str], grace: float = 60.0) -> dict[str, str]:
+def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: float = 120) -> dict[str, str]:
     """Every run gets a cancel file, which its worker (any backend) obeys at the
-    next iteration by writing a checkpoint and stopping. SLURM jobs still in
-    the queue are scancelled at once; running ones that have not stopped
+    next iteration by writing a checkpoint and stopping. SLURM jobs that have
+    not started are scancelled at once; running ones that have not stopped
     after `grace` seconds are scancelled too. Returns {run id: what happened}."""
     held = {rid: store.claim_info(rid) or {} for rid in run_ids}
     for rid in run_ids:
         atomic_write_text(store.cancel_path(rid), f"{time.time()}\n")
     jobs = {rid: info["job_id"] for rid, info in held.items() if info.get("backend") == "slurm" and info.get("job_id")}
-    queued = [rid for rid in jobs if store.status(rid).get("state") == "queued"]
-    slurm_jobs.cancel(jobs[rid] for rid in queued)
-    running = [rid for rid in run_ids if rid not in queued]
+    slurm_jobs.cancel(jobs.values(), pending_only=True)  # a job that started meanwhile gets its grace
+
+    def busy(rid: str) -> bool:
+        return store.claim_info(rid) is not None and store.claim_alive(rid, stale_after)
+
     deadline = time.time() + grace
-    while time.time() < deadline and any(store.claim_info(rid) for rid in running):
+    while time.time() < deadline and any(busy(rid) for rid in run_ids):
         time.sleep(0.5)
-    stuck = [rid for rid in running if store.claim_info(rid)]
+    stuck = [rid for rid in run_ids if busy(rid)]
     slurm_jobs.cancel(jobs[rid] for rid in stuck if rid in jobs)
     outcome = {}
     for rid in run_ids:
-        if rid in queued:
-            _record(store, rid)
-            outcome[rid] = f"SLURM job {jobs[rid]} scancelled in the queue"
-        elif rid in stuck and rid in jobs:
-            _record(store, rid)
-            outcome[rid] = f"SLURM job {jobs[rid]} scancelled after {grace:.0f} s without stopping"
-        elif rid in stuck:  # the cancel file stays: the worker stops when it reaches an iteration
+        if store.is_done(rid):
+            outcome[rid] = "finished before it could stop"
+        elif store.status(rid).get("state") == "cancelled" and rid not in stuck:
+            outcome[rid] = "stopped at a checkpoint"  # its worker recorded it
+        elif rid in stuck and rid not in jobs:  # the cancel file stays: it stops when it reaches an iteration
             outcome[rid] = f"asked to stop; still running after {grace:.0f} s"
         else:
-            store.cancel_path(rid).unlink(missing_ok=True)
-            outcome[rid] = "stopped at a checkpoint"
+            _record(store, rid)
+            outcome[rid] = (f"SLURM job {jobs[rid]} scancelled after {grace:.0f} s without stopping" if rid in stuck
+                            else f"SLURM job {jobs.get(rid, '?')} scancelled in the queue")
     return outcome

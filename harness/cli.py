@@ -127,7 +127,8 @@ def cmd_run(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to continue", file=sys.stderr)
+        if sweep.executor["backend"] != "slurm":  # SLURM jobs go on; the backend said so
+            print("interrupted; run the same command again to continue", file=sys.stderr)
         return 130
     failed = [rid for rid, state in final.items() if state == "failed"]
     counts = {s: list(final.values()).count(s) for s in dict.fromkeys(final.values())}
@@ -175,6 +176,7 @@ def _short(path: str) -> str:
 
 
 def cmd_cancel(args) -> int:
+    from . import slurm_jobs
     from .cancel import cancel
     from .matrix import RunSpec
     from .store import ACTIVE, load_spec
@@ -187,7 +189,13 @@ def cmd_cancel(args) -> int:
             print(f"sweep {store.sweep}: nothing queued or running{' matches --only ' + args.only if args.only else ''}")
             continue
         print(f"sweep {store.sweep}: cancelling {len(rows)} run(s) (waiting up to {args.grace:.0f} s for checkpoints)")
-        outcome = cancel(store, [r["run_id"] for r in rows], args.grace)
+        try:
+            outcome = cancel(store, [r["run_id"] for r in rows], args.grace, args.stale_after)
+        except slurm_jobs.SlurmUnavailable as err:
+            jobs = ", ".join(sorted(str(r.get("job_id")) for r in rows if r.get("job_id")))
+            print(f"error: {err}; SLURM jobs not cancelled: {jobs or 'none'} (their runs stop at their next "
+                  f"iteration if they reach one: each has a cancel file)", file=sys.stderr)
+            return 3
         for row in rows:
             print(f"  {row['run_id']}  {settings_text(row.get('settings', {}))}  {outcome[row['run_id']]}")
         cancelled += len(rows)

@@ -59,7 +59,7 @@ EXECUTOR_DEFAULTS = {
     "setup": [],                 # shell lines run before the job (module load ..., source venv)
     "sbatch": {},                # any other sbatch flag, e.g. {exclude: node12, mail-type: END}
     "max_timeouts": 3,           # requeues after a time-out before the run is marked failed
-    "signal_delay_s": 120,       # USR2 comes this long before the time limit: time to write a checkpoint
+    "signal_delay_s": 120,       # USR2 this long before the limit: must cover an iteration + an eval + a checkpoint
     "wait": True,                # wait for the jobs with a progress bar; false: submit and return
 }
 BACKENDS = ("local", "slurm", "ray")

@@ -6,6 +6,7 @@ A job id is submitit's: "123" for a single job, "123_4" for an array task.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -21,7 +22,7 @@ class SlurmUnavailable(RuntimeError):
     """No SLURM client here, or its controller does not answer."""
 
 
-def _call(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+def _call(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
     if shutil.which(args[0]) is None:
         raise SlurmUnavailable(f"`{args[0]}` is not on PATH")
     try:
@@ -51,21 +52,28 @@ def prefetch(job_ids) -> None:
     ids = sorted({str(j) for j in job_ids if j})
     if not ids:
         return
-    states = squeue(ids)
+    try:
+        states = squeue(ids)
+    except SlurmUnavailable:
+        now = time.monotonic()
+        _cache.update({job: (now, "UNANSWERED") for job in ids})  # see `alive`
+        raise
     now = time.monotonic()
     for job in ids:
         _cache[job] = (now, states.get(job))
 
 
 def alive(job_id: str) -> bool | None:
-    """True while the job is pending, running or requeued; None when SLURM cannot be asked."""
+    """True while the job is pending, running or requeued. None when there is no SLURM
+    client here (the caller falls back to heartbeats). When squeue does not answer,
+    True: a job that cannot be seen is not taken for dead (it would be submitted twice)."""
     job_id = str(job_id)
     hit = _cache.get(job_id)
     if hit is None or time.monotonic() - hit[0] > CACHE_S:
-        try:
-            prefetch([job_id])
-        except SlurmUnavailable:
+        if shutil.which("squeue") is None:
             return None
+        with contextlib.suppress(SlurmUnavailable):
+            prefetch([job_id])
         hit = _cache[job_id]
     return hit[1] is not None and hit[1] not in TERMINAL
 
@@ -86,12 +94,12 @@ def end_states(job_ids) -> dict[str, str]:
     return {job: states[job] for job in ids if job in states}
 
 
-def cancel(job_ids, signal: str | None = None) -> None:
-    """scancel the jobs (or only send them `signal`)."""
+def cancel(job_ids, pending_only: bool = False) -> None:
+    """scancel the jobs; `pending_only`: only those that have not started."""
     ids = sorted({str(j) for j in job_ids if j})
     if not ids:
         return
-    out = _call(["scancel", *([f"--signal={signal}"] if signal else []), *ids])
+    out = _call(["scancel", *(["--state=PENDING"] if pending_only else []), *ids])
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
         raise SlurmUnavailable(f"scancel failed: {out.stderr.strip()}")
     for job in ids:

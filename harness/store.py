@@ -186,13 +186,26 @@ class Store:
 
     def hand_to_job(self, run_id: str, submitter: dict, job: dict, **fields) -> None:
         """After sbatch: the submitter's claim becomes the job's and the run is "queued".
-        If the job has started already (and taken the claim), only its id is recorded."""
+        If this job has started already (and taken the claim), only its fields are
+        recorded; if another job holds the run, nothing (this job will leave it)."""
         with self._lock(run_id):
             held = read_json(self._claim_path(run_id)) or {}
             if held.get("pid") == submitter["pid"] and held.get("host") == submitter["host"]:
                 atomic_write_text(self._claim_path(run_id), json.dumps(job))
-                fields["state"] = "queued"
-            self._merge_status(run_id, fields)
+                self._merge_status(run_id, {**fields, "state": "queued"})
+            elif held.get("job_id") == job["job_id"]:
+                self._merge_status(run_id, fields)
+
+    def take_for_job(self, run_id: str, who: dict, stale_after: float = 120) -> bool:
+        """A starting SLURM job takes its run, unless the run is done or another live job holds it."""
+        with self._lock(run_id):
+            if self.is_done(run_id):
+                return False
+            held = read_json(self._claim_path(run_id)) or {}
+            if held.get("job_id") not in (None, who["job_id"]) and self.claim_alive(run_id, stale_after):
+                return False
+            atomic_write_text(self._claim_path(run_id), json.dumps(who))
+            return True
 
     def retake(self, run_id: str, who: dict) -> None:
         """The claim's owner hands it to another process (e.g. the worker it started)."""

@@ -94,9 +94,11 @@ def test_a_sweep_is_one_job_array_with_the_local_backends_results(tmp_path, resu
     jobs = {s["job_id"] for s in runs.values()}
     assert len({job.split("_")[0] for job in jobs}) == 1 and len(jobs) == 4  # ONE array of four tasks
     array = next(iter(jobs)).split("_")[0]
-    accounted = slurm("sacct", "-n", "-X", "-P", "-o", "JobID,State,JobName", "-j", array).split()
-    assert sorted(line.split("|")[0] for line in accounted) == sorted(jobs)
-    assert all(line.endswith("|COMPLETED|protoseg-array4") for line in accounted)
+    def accounted():  # a task is done in the store before its job has left SLURM
+        lines = slurm("sacct", "-n", "-X", "-P", "-o", "JobID,State,JobName", "-j", array).split()
+        return lines if all(line.endswith("|COMPLETED|protoseg-array4") for line in lines) else None
+
+    assert sorted(line.split("|")[0] for line in wait_for(accounted, "sacct to say COMPLETED", 90)) == sorted(jobs)
     for s in runs.values():
         assert s["backend"] == "slurm" and s["attempts"] == 1 and Path(s["log"]).is_file()
     assert "#SBATCH --array=0-3%2" in (results / "array4" / ".slurm" / f"{array}_submission.sh").read_text()

@@ -10,6 +10,7 @@ submitting shell died submits nothing twice.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -71,17 +72,28 @@ def sbatch_script(executor: dict, folder: Path, count: int, name: str = "protose
 class RunJob:
     """What each array task runs; checkpointable, so submitit requeues it on USR2."""
 
-    def __init__(self, run_dir: str):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: str, max_timeouts: int = 3):
+        self.run_dir, self.max_timeouts = run_dir, max_timeouts
+
+    def _leave(self, store: Store, rid: str, job: str, rank: int) -> str | None:
+        """Why this task has nothing to do, or None. Every rank asks, so no rank waits alone for the others."""
+        if store.is_done(rid) or store.cancel_path(rid).exists():
+            return "the run is done or cancelled"
+        held = store.claim_info(rid) or {}
+        if held.get("job_id") not in (None, job) and store.claim_alive(rid, stale_after=120):
+            return f"SLURM job {held['job_id']} holds the run"
+        if rank == 0 and not store.take_for_job(rid, owner(backend="slurm", job_id=job)):
+            return "another job took the run"
+        return None
 
     def __call__(self) -> int:
         import submitit
 
         env = submitit.JobEnvironment()
         store, rid = store_of(Path(self.run_dir))
-        held = store.claim_info(rid) or {}
-        if held.get("job_id") not in (None, env.job_id) and store.claim_alive(rid, stale_after=120):
-            print(f"{rid} is held by SLURM job {held['job_id']}; this job {env.job_id} leaves it", file=sys.stderr)
+        reason = self._leave(store, rid, env.job_id, env.global_rank)
+        if reason:
+            print(f"{rid}: {reason}; job {env.job_id} leaves it", file=sys.stderr)
             return 0
         if env.num_tasks > 1:  # one DDP process per task: torch's env:// rendezvous from SLURM's variables
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
@@ -94,24 +106,30 @@ class RunJob:
         try:
             while self._thread.is_alive():
                 self._thread.join(1.0)  # short joins: submitit's USR2 handler runs in this (main) thread
-        except submitit.core.utils.UncompletedJobError as err:  # from the handler: no requeue left
-            store.write_error(rid, f"SLURM job {env.job_id}: {err} (max_timeouts); its checkpoint is kept: "
-                                   f"`harness run --retry-failed` resumes it", traceback.format_exc())
-            store.release(rid)
+        except submitit.core.utils.UncompletedJobError as err:  # from the handler: no requeue
+            if store.status(rid).get("state") == "queued":  # handed back for a requeue that will not come
+                store.write_error(rid, f"SLURM job {env.job_id} timed out more than executor.max_timeouts="
+                                       f"{self.max_timeouts} times ({err}); its checkpoint is kept: "
+                                       f"`harness run --retry-failed` resumes it", traceback.format_exc())
+                store.release(rid)
             raise
         return outcome.get("code", 1)
 
     def checkpoint(self, *args, **kwargs):
-        """Called by submitit on USR2: stop at a checkpoint, then let submitit requeue this job."""
+        """Called by submitit on USR2: stop at a checkpoint; requeue only a run that was handed back
+        (not one that finished, failed or was cancelled just before the signal)."""
         from submitit.helpers import DelayedSubmission
 
         self._requeue.set()
         self._stop.set()
         self._thread.join()
-        return DelayedSubmission(RunJob(self.run_dir))
+        store, rid = store_of(Path(self.run_dir))
+        if store.status(rid).get("state") != "queued":
+            return None
+        return DelayedSubmission(RunJob(self.run_dir, self.max_timeouts))
 
-    def __getstate__(self):  # only the run folder travels in the pickle
-        return {"run_dir": self.run_dir}
+    def __getstate__(self):  # only these travel in the pickle
+        return {"run_dir": self.run_dir, "max_timeouts": self.max_timeouts}
 
 
 def _follow(run_dir: str) -> int:
@@ -134,7 +152,7 @@ def _submit(store: Store, runs: list[RunSpec], executor: dict) -> list:
 
     try:
         with ex.batch():
-            jobs = [ex.submit(RunJob(str(store.run_dir(r.run_id)))) for r in runs]
+            jobs = [ex.submit(RunJob(str(store.run_dir(r.run_id)), executor["max_timeouts"])) for r in runs]
     except submitit.core.utils.FailedJobError as err:
         raise BackendUnavailable(f"sbatch refused the job array: {str(err).strip() or err!r}") from None
     return jobs
@@ -154,20 +172,24 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
     claimed, final = claim_all(store, runs, me, stale_after)
     if not claimed:
         return final
+    # no Ctrl-C between sbatch and the job ids in the store: the jobs would exist unrecorded
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        jobs = _submit(store, claimed, executor)
-    except BaseException:
-        for spec in claimed:
-            store.release(spec.run_id)
-        raise
-    ids = {}
-    for spec, job in zip(claimed, jobs):
-        ids[spec.run_id] = job.job_id
-        store.hand_to_job(spec.run_id, me, {**me, "job_id": job.job_id, "pid": None},
-                          job_id=job.job_id, backend="slurm", log=str(job.paths.stderr), submitted=time.time())
+        try:
+            jobs = _submit(store, claimed, executor)
+        except BaseException:
+            for spec in claimed:
+                store.release(spec.run_id)
+            raise
+        for spec, job in zip(claimed, jobs):
+            store.hand_to_job(spec.run_id, me, {**me, "job_id": job.job_id, "pid": None}, job_id=job.job_id,
+                              backend="slurm", log=str(job.paths.stderr), submitted=time.time())
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    ids = {spec.run_id: job.job_id for spec, job in zip(claimed, jobs)}
     first = jobs[0].job_id.split("_")[0]
-    print(f"submitted {len(jobs)} run(s) to SLURM as job {first}"
-          f"{' (array, ' + str(executor['jobs'] or 'all') + ' at a time)' if len(jobs) > 1 else ''}; "
+    at_once = f", {executor['jobs']} at a time" if executor["jobs"] else ""
+    print(f"submitted {len(jobs)} run(s) to SLURM as job {first}{' (array' + at_once + ')' if len(jobs) > 1 else ''}; "
           f"logs in {store.dir / '.slurm'}", file=sys.stderr)
     if not executor["wait"]:
         print(f"not waiting (executor.wait: false); follow with `harness status {store.sweep} --watch`",
