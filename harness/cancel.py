@@ -10,13 +10,6 @@ from . import slurm_jobs
 from .store import Store
 
 
-def _record(store: Store, rid: str) -> None:
-    """Cancelled; the cancel file stays, so a job that starts after all stops at once
-    (`harness run` removes it before it starts the run again)."""
-    store.update(rid, state="cancelled", error="cancelled by `harness cancel`", finished=time.time())
-    store.release(rid)
-
-
 def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: float = 120) -> dict[str, str]:
     """Every run gets a cancel file, which its worker (any backend) obeys at the
     next iteration by writing a checkpoint and stopping. SLURM jobs that have
@@ -44,8 +37,8 @@ def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: f
             outcome[rid] = "stopped at a checkpoint"  # its worker recorded it
         elif rid in stuck and rid not in jobs:  # the cancel file stays: it stops when it reaches an iteration
             outcome[rid] = f"asked to stop; still running after {grace:.0f} s"
-        else:
-            _record(store, rid)
+        else:  # the cancel file stays, so a job that starts after all stops at once
+            store.record_cancelled(rid)
             outcome[rid] = (f"SLURM job {jobs[rid]} scancelled after {grace:.0f} s without stopping" if rid in stuck
                             else f"SLURM job {jobs.get(rid, '?')} scancelled in the queue")
     return outcome

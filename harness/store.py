@@ -128,6 +128,11 @@ class Store:
     def has_checkpoint(self, run_id: str) -> bool:
         return any((self.run_dir(run_id) / "checkpoints").glob("iter_*.pt"))
 
+    def record_cancelled(self, run_id: str) -> None:
+        """`harness cancel` stopped the run (its checkpoint stays); the claim is let go."""
+        self.update(run_id, state="cancelled", error="cancelled by `harness cancel`", finished=time.time())
+        self.release(run_id)
+
     def write_error(self, run_id: str, summary: str, trace: str) -> None:
         atomic_write_text(self.run_dir(run_id) / "error.txt", trace)
         self.update(run_id, state="failed", error=summary, finished=time.time())

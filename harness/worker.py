@@ -54,9 +54,9 @@ def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = No
         _record_cancel(store, rid)
         return 143
     stop = stop or threading.Event()
-    store.retake(rid, owner(backend=backend, job_id=job_id))
-    attempts = int(store.status(rid).get("attempts", 0)) + 1
     who = owner(backend=backend, job_id=job_id)
+    store.retake(rid, who)
+    attempts = int(store.status(rid).get("attempts", 0)) + 1
     store.update(rid, state="running", attempts=attempts, started=time.time(), host=who["host"],
                  pid=who["pid"], backend=backend, job_id=job_id, error=None,
                  resumed=store.has_checkpoint(rid))
@@ -77,7 +77,7 @@ def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = No
             _record_cancel(store, rid)
         elif requeue is not None and requeue.is_set():
             store.update(rid, state="queued", error=None, requeued=time.time())
-            store.retake(rid, {**owner(backend=backend, job_id=job_id), "pid": None})
+            store.retake(rid, {**who, "pid": None})
             return 143
         else:
             store.update(rid, state="cancelled", error=str(err), finished=time.time())
@@ -92,9 +92,8 @@ def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = No
 
 
 def _record_cancel(store: Store, rid: str) -> None:
-    store.update(rid, state="cancelled", error="cancelled by `harness cancel`", finished=time.time())
-    store.cancel_path(rid).unlink(missing_ok=True)
-    store.release(rid)
+    store.record_cancelled(rid)
+    store.cancel_path(rid).unlink(missing_ok=True)  # obeyed
 
 
 def main(argv=None) -> int:

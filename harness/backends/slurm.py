@@ -79,11 +79,11 @@ class RunJob:
         """Why this task has nothing to do, or None. Every rank asks, so no rank waits alone for the others."""
         if store.is_done(rid) or store.cancel_path(rid).exists():
             return "the run is done or cancelled"
+        if rank == 0:  # takes the run under its lock
+            return None if store.take_for_job(rid, owner(backend="slurm", job_id=job)) else "another job holds the run"
         held = store.claim_info(rid) or {}
         if held.get("job_id") not in (None, job) and store.claim_alive(rid, stale_after=120):
             return f"SLURM job {held['job_id']} holds the run"
-        if rank == 0 and not store.take_for_job(rid, owner(backend="slurm", job_id=job)):
-            return "another job took the run"
         return None
 
     def __call__(self) -> int:
