@@ -16,53 +16,23 @@ anything runs; an error names the file, the key path and the valid choices.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import difflib
-import hashlib
 import itertools
-import json
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
+from typing import Callable
 
 from protoseg import config
 from protoseg.io import read_yaml
+from protoseg.registry import NEEDS_ROOT
+
+from .identity import PROTOTYPE_ONLY, Hasher
 
 TOP_KEYS = ("sweep", "description", "base", "presets", "matrix", "include", "exclude", "executor")
-# Resource and display fields: they do not change the experiment, so not its id.
-NOT_HASHED = ("train.threads", "train.progress", "train.device", "data.num_workers")
-# Fields that mean nothing to a parametric head: reset, so its cells collapse into one.
-PROTOTYPE_ONLY = ("embed_dim", "num_prototypes", "gamma", "update_prototypes", "update_assignment",
-                  "sinkhorn_epsilon", "sinkhorn_iterations", "proj_norm", "mask_norm", "ppc_weight",
-                  "ppd_weight", "ppc_temperature")
 
-EXECUTOR_DEFAULTS = {
-    "backend": "local",          # local | slurm | ray
-    "jobs": None,                # runs at once: local workers (None = fits the cores), Ray trials, SLURM array %N
-    "stale_after": 120,          # seconds without a heartbeat before a running run counts as crashed
-    # ray
-    "address": None,             # None = a local Ray started and stopped by the harness; "auto" or ray://...
-    "cpus_per_trial": 1,
-    "gpus_per_trial": 0,
-    "max_failures": 2,           # Tune retries of a trial that died (it resumes from its checkpoint)
-    # slurm (submitit); a cluster's values belong in a profile: slurm/profiles/NAME.yaml, --profile NAME
-    "partition": None,
-    "account": None,
-    "qos": None,
-    "timeout_min": 1440,         # time limit per job; at its end the run checkpoints and is requeued
-    "cpus_per_task": None,       # None = the cluster's default; torch uses this many threads
-    "gpus_per_task": 0,
-    "tasks_per_node": 1,         # > 1: one DDP process per task (and per GPU)
-    "mem_gb": None,
-    "constraint": None,
-    "setup": [],                 # shell lines run before the job (module load ..., source venv)
-    "sbatch": {},                # any other sbatch flag, e.g. {exclude: node12, mail-type: END}
-    "max_timeouts": 3,           # requeues after a time-out before the run is marked failed
-    "signal_delay_s": 120,       # USR2 this long before the limit: must cover an iteration + an eval + a checkpoint
-    "wait": True,                # wait for the jobs with a progress bar; false: submit and return
-}
-BACKENDS = ("local", "slurm", "ray")
 PROFILES = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
 
 
@@ -70,21 +40,44 @@ class MatrixError(ValueError):
     """An invalid experiment file; nothing has been started."""
 
 
-@dataclass
 class RunSpec:
-    run_id: str
-    spec: dict                      # fully resolved run spec (protoseg.config)
-    settings: dict = field(default_factory=dict)  # the matrix axes' values of this cell
+    """One cell of a sweep: its run id, its axis values and its fully resolved run spec
+    (protoseg.config), kept as the changes to the sweep's base and built when read."""
+
+    __slots__ = ("run_id", "settings", "_base", "_flat", "_delta")
+
+    def __init__(self, run_id: str, spec: dict, settings: dict | None = None,
+                 delta: dict | None = None, flat_base: dict | None = None):
+        self.run_id, self.settings = run_id, settings or {}
+        self._base, self._delta = spec, delta or {}
+        self._flat = flat_base if flat_base is not None else config.flatten(spec)
+
+    def value(self, dotted: str):
+        """One field of the spec, without building it; KeyError for an unknown path."""
+        return self._delta[dotted] if dotted in self._delta else self._flat[dotted]
+
+    @property
+    def spec(self) -> dict:
+        """A fresh copy of the resolved spec."""
+        spec = copy.deepcopy(self._base)
+        for path, value in self._delta.items():
+            *parents, leaf = path.split(".")
+            node = spec
+            for part in parents:
+                node = node[part]
+            node[leaf] = copy.deepcopy(value)
+        return spec
 
 
 @dataclass
 class Sweep:
     name: str
     source: str
-    runs: list[RunSpec]
+    runs: list[RunSpec]             # the selected cells (all of them without a `select`)
     executor: dict
     axes: list[str]
     description: str = ""
+    cells: int = 0                  # distinct runs of the whole matrix
 
 
 def settings_text(settings: dict) -> str:
@@ -97,10 +90,10 @@ def _close(word: str, valid) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _set_path(spec: dict, dotted: str, value, source: str, where: str) -> None:
-    """spec[a][b] = value for 'a.b', checking that the path exists in the run spec schema."""
-    node, schema = spec, config.DEFAULTS
-    parts = dotted.split(".")
+def _check_path(dotted: str, source: str, where: str) -> str:
+    """The current name of a spec path (renamed ones with a notice); MatrixError when unknown."""
+    dotted = config.new_name(dotted, source)
+    schema, parts = config.DEFAULTS, dotted.split(".")
     for i, part in enumerate(parts):
         if not isinstance(schema, dict) or part not in schema:
             valid = list(schema) if isinstance(schema, dict) else []
@@ -108,27 +101,18 @@ def _set_path(spec: dict, dotted: str, value, source: str, where: str) -> None:
                               f"{_close(part, valid)}; valid at '{'.'.join(parts[:i]) or 'top'}': "
                               f"{', '.join(valid)}")
         schema = schema[part]
-        if i == len(parts) - 1:
-            node[part] = copy.deepcopy(value)
-        else:
-            node = node.setdefault(part, {})
+    if isinstance(schema, dict):
+        raise MatrixError(f"{source}: {where}: '{dotted}' is a section; set its fields, e.g. "
+                          f"{dotted}.{next(iter(schema))}")
+    return dotted
 
 
-def run_id(spec: dict) -> str:
-    """Short hash of the canonical resolved spec, resource fields left out."""
-    canonical = copy.deepcopy(spec)
-    for dotted in NOT_HASHED:
-        section, key = dotted.split(".")
-        canonical[section].pop(key, None)
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def _canonical(spec: dict) -> dict:
-    if spec["model"]["head"] == "parametric":
-        for key in PROTOTYPE_ONLY:
-            spec["model"][key] = copy.deepcopy(config.DEFAULTS["model"][key])
-    return spec
+def _set_path(spec: dict, dotted: str, value, source: str, where: str) -> None:
+    """spec[a][b] = value for 'a.b', checking that the path exists in the run spec schema."""
+    *parents, leaf = _check_path(dotted, source, where).split(".")
+    for part in parents:
+        spec = spec.setdefault(part, {})
+    spec[leaf] = copy.deepcopy(value)
 
 
 def _matches(cell: dict, pattern: dict) -> bool:
@@ -159,15 +143,9 @@ def _cells(doc: dict, source: str) -> list[dict]:
     return cells
 
 
-def _unknown_executor_keys(given: dict, source: str, prefix: str = "") -> None:
-    for key in given:
-        if key not in EXECUTOR_DEFAULTS:
-            raise MatrixError(f"{source}: unknown key '{prefix}{key}'{_close(str(key), EXECUTOR_DEFAULTS)}; "
-                              f"valid: {', '.join(EXECUTOR_DEFAULTS)}")
-
-
 def load_profile(name: str) -> tuple[dict, Path]:
-    """A cluster profile: slurm/profiles/NAME.yaml, or a YAML file path, holding executor keys."""
+    """A cluster profile: slurm/profiles/NAME.yaml, or a YAML file path, holding executor keys
+    (checked with the file's executor section, against its backend)."""
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = PROFILES / f"{name}.yaml"
@@ -178,58 +156,20 @@ def load_profile(name: str) -> tuple[dict, Path]:
     given = read_yaml(path, "profile", MatrixError) or {}
     if not isinstance(given, dict):
         raise MatrixError(f"{path}: a profile must be a mapping of executor keys, e.g. {{partition: gpu}}")
-    _unknown_executor_keys(given, str(path))
     return given, path
 
 
 def _executor(doc: dict, source: str, profile: str | None = None) -> dict:
-    """Defaults < the profile < the file's executor section (with its --set overrides)."""
+    """The backends' defaults < the profile < the file's executor section (with its --set overrides)."""
+    from . import backends
+
     given = doc.get("executor") or {}
     if not isinstance(given, dict):
         raise MatrixError(f"{source}: 'executor' must be a mapping")
-    _unknown_executor_keys(given, source, "executor.")
-    out, origin = dict(EXECUTOR_DEFAULTS), {}
-    if profile:
-        values, path = load_profile(profile)
-        out.update(values)
-        origin = {key: f"profile {path}" for key in values}
-    for key, value in given.items():
-        out[key] = value
-        origin.pop(key, None)
-    def number(v, minimum=0.0, strict=True):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > minimum if strict else v >= minimum)
-
-    def integer(v, minimum=0):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-    def text(v):
-        return v is None or (isinstance(v, str) and v.strip() != "")
-
-    for key, ok, valid in (("jobs", lambda v: v is None or integer(v, 1), "null or a positive integer"),
-                           ("stale_after", number, "a positive number of seconds"),
-                           ("address", lambda v: v is None or isinstance(v, str), "null, 'auto' or ray://host:port"),
-                           ("cpus_per_trial", number, "a positive number"),
-                           ("gpus_per_trial", lambda v: number(v, strict=False), "a number >= 0"),
-                           ("max_failures", integer, "an integer >= 0"),
-                           *((k, text, "null or a non-empty string") for k in ("partition", "account", "qos", "constraint")),
-                           ("timeout_min", lambda v: integer(v, 1), "a positive whole number of minutes"),
-                           ("cpus_per_task", lambda v: v is None or integer(v, 1), "null or a positive integer"),
-                           ("gpus_per_task", integer, "an integer >= 0"),
-                           ("tasks_per_node", lambda v: integer(v, 1), "a positive integer"),
-                           ("mem_gb", lambda v: v is None or number(v), "null or a positive number of GB"),
-                           ("setup", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-                            "a list of shell lines"),
-                           ("sbatch", lambda v: isinstance(v, dict), "a mapping of sbatch flag to value"),
-                           ("max_timeouts", integer, "an integer >= 0"),
-                           ("signal_delay_s", lambda v: integer(v, 1), "a positive whole number of seconds"),
-                           ("wait", lambda v: isinstance(v, bool), "true or false")):
-        if not ok(out[key]):
-            where = f" (from {origin[key]})" if key in origin else ""
-            raise MatrixError(f"{source}: executor.{key} is {out[key]!r}{where}; valid: {valid}")
-    if out["backend"] not in BACKENDS:
-        raise MatrixError(f"{source}: executor.backend is {out['backend']!r}{_close(str(out['backend']), BACKENDS)}"
-                          f"; valid: {', '.join(BACKENDS)}")
-    return out
+    try:
+        return backends.executor(given, source, load_profile(profile) if profile else None)
+    except backends.SettingError as err:
+        raise MatrixError(str(err)) from None
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
@@ -251,8 +191,13 @@ def _apply_overrides(doc: dict, overrides, source: str) -> None:
             _set_path(base, rest, value, source, f"--set {key}")
 
 
-def expand_doc(doc, source: str, overrides=(), profile: str | None = None) -> Sweep:
-    """A parsed experiment document -> Sweep; raises MatrixError naming `source`."""
+def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
+               select: Callable[[RunSpec], bool] | None = None, spec_version: int | None = None) -> Sweep:
+    """A parsed experiment document -> Sweep; raises MatrixError naming `source`.
+
+    Only the cells that `select` keeps are in `Sweep.runs` (the others are counted).
+    `spec_version`: the version the sweep was first planned at; the defaults changed
+    since then keep their old values in it (config.HISTORY), with a notice."""
     if not isinstance(doc, dict):
         raise MatrixError(f"{source}: an experiment file must be a mapping with keys {', '.join(TOP_KEYS)}")
     doc = copy.deepcopy(doc)
@@ -267,56 +212,107 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None) -> Sw
     presets = doc.get("presets") or {}
     if not isinstance(presets, dict):
         raise MatrixError(f"{source}: 'presets' must map preset names to mappings of spec paths")
-    for name, values in presets.items():
+    for preset, values in presets.items():
         if not isinstance(values, dict):
-            raise MatrixError(f"{source}: presets.{name} must be a mapping of spec paths to values, "
+            raise MatrixError(f"{source}: presets.{preset} must be a mapping of spec paths to values, "
                               f"e.g. {{model.backbone: resnet50, train.lr: 0.01}}; got {values!r}")
-    base = doc.get("base") or {}
+    base = _pin_old_defaults(doc.get("base") or {}, spec_version, source)
     try:
-        config.resolve(base, source=f"{source}: base")
+        resolved_base = config.resolve(base, source=f"{source}: base")
     except config.SpecError as err:
         raise MatrixError(str(err)) from None
+    executor = _executor(doc, source, profile)
 
+    hasher = Hasher(resolved_base)
+    flat_base, baseline = hasher.base, hasher.baseline
+    valid: dict[tuple, tuple[str, object]] = {}  # (key, repr(value)) -> (path, checked value)
+
+    def checked(key: str, value, origin: str) -> tuple[str, object]:
+        memo = (key, repr(value))
+        if memo not in valid:
+            path = _check_path(key, source, origin)
+            valid[memo] = path, config.check_value(path, value, f"{source}: {origin}")
+        return valid[memo]
+
+    cross_checked: set[str] = set()
     runs: dict[str, RunSpec] = {}
+    seen: set[str] = set()
     for cell in _cells(doc, source):
-        spec = copy.deepcopy(base)
-        where = "cell " + ", ".join(f"{k}={v}" for k, v in cell.items())
-        for key, value in cell.items():
-            if key == "preset":
-                if value not in presets:
-                    raise MatrixError(f"{source}: {where}: unknown preset {value!r}{_close(str(value), presets)}; "
-                                      f"valid: {', '.join(presets) or '(none defined under presets:)'}")
-                for path, preset_value in presets[value].items():
-                    _set_path(spec, path, preset_value, source, f"presets.{value}")
-            else:
-                _set_path(spec, key, value, source, where)
+        delta: dict = {}
         try:
-            resolved = _canonical(config.resolve(spec, source=f"{source}: {where}"))
-            _check_names(resolved)
-        except (config.SpecError, ValueError) as err:
-            raise MatrixError(str(err) if isinstance(err, config.SpecError) else f"{source}: {where}: {err}") from None
-        if resolved["model"]["head"] == "parametric":  # its prototype settings were reset above
+            for key, value in cell.items():
+                if key != "preset":
+                    path, value = checked(key, value, _where(cell))
+                    delta[path] = value
+                elif value not in presets:
+                    raise MatrixError(f"{source}: {_where(cell)}: unknown preset {value!r}"
+                                      f"{_close(str(value), presets)}; "
+                                      f"valid: {', '.join(presets) or '(none defined under presets:)'}")
+                else:
+                    for preset_key, preset_value in presets[value].items():
+                        path, preset_value = checked(preset_key, preset_value, f"presets.{value}")
+                        delta[path] = preset_value
+            fields = collections.ChainMap(delta, flat_base)
+            memo = repr([fields[path] for path in config.CROSS_FIELDS])
+            if memo not in cross_checked:
+                config.check_spec(fields, f"{source}: {_where(cell)}")
+                cross_checked.add(memo)
+        except config.SpecError as err:
+            raise MatrixError(str(err)) from None
+        if fields["model.head"] == "parametric":  # prototype settings mean nothing to it: one run
+            for key in PROTOTYPE_ONLY:
+                if fields[f"model.{key}"] != baseline[f"model.{key}"]:
+                    delta[f"model.{key}"] = baseline[f"model.{key}"]
             cell = {k: v for k, v in cell.items() if k.removeprefix("model.") not in PROTOTYPE_ONLY}
-        rid = run_id(resolved)
-        runs.setdefault(rid, RunSpec(rid, resolved, cell))
+        rid = hasher.run_id(delta)
+        if rid in seen:
+            continue
+        seen.add(rid)
+        run = RunSpec(rid, resolved_base, cell, delta, flat_base)
+        if select is None or select(run):
+            runs[rid] = run
     axes = list((doc.get("matrix") or {}).keys())
     for extra in doc.get("include") or []:
         axes += [k for k in extra if k not in axes]
-    return Sweep(name, source, list(runs.values()), _executor(doc, source, profile), axes, doc.get("description", ""))
+    return Sweep(name, source, list(runs.values()), executor, axes, doc.get("description", ""), len(seen))
 
 
-def _check_names(spec: dict) -> None:
-    """Backbone and dataset names exist (without building anything)."""
-    from protoseg.registry import BACKBONES, DATASETS
-
-    for path, valid in (("model.backbone", BACKBONES), ("data.dataset", DATASETS)):
-        value = config.get(spec, path)
-        if value not in valid:
-            raise ValueError(f"{path} is {value!r}{_close(str(value), valid)}; valid: {', '.join(valid)}")
+def _where(cell: dict) -> str:
+    return "cell " + ", ".join(f"{k}={v}" for k, v in cell.items())
 
 
-def load(path: str | Path, overrides=(), profile: str | None = None) -> Sweep:
-    return expand_doc(read_yaml(path, "experiment file", MatrixError), str(path), overrides, profile)
+def _pin_old_defaults(base: dict, spec_version: int | None, source: str) -> dict:
+    """A sweep planned at an older spec version keeps the defaults it was planned with."""
+    if spec_version is None:
+        return base
+    base = config.rename_keys(base, source)
+    for path, old in config.changed_defaults(spec_version).items():
+        if config.get(base, path, None) is None:
+            _set_path(base, path, old, source, "base")
+            config.notice(f"{source}: this sweep was planned at spec version {spec_version}: '{path}' keeps "
+                          f"its old default {old!r} (now {config.get(config.DEFAULTS, path)!r}); "
+                          f"set it in the file to change it")
+    return base
+
+
+def check_data_roots(sweep: Sweep) -> None:
+    """Every selected cell's dataset folder exists (checked once per folder)."""
+    checked = set()
+    for run in sweep.runs:
+        dataset, root = run.value("data.dataset"), run.value("data.root")
+        if dataset not in NEEDS_ROOT or root in checked:
+            continue
+        if not Path(root).is_dir():
+            raise MatrixError(f"{sweep.source}: cell {settings_text(run.settings) or run.run_id}: data.root "
+                              f"{root!r} is not a folder (seen from {Path.cwd()}); data.dataset "
+                              f"{dataset!r} needs the folder that holds it")
+        checked.add(root)
+
+
+def load(path: str | Path, overrides=(), profile: str | None = None, select=None,
+         spec_version: int | None = None) -> Sweep:
+    return expand_doc(read_yaml(path, "experiment file", MatrixError), str(path), overrides, profile, select,
+                      spec_version)
 
 
 def git_commit(folder: Path | None = None) -> str | None:

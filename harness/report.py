@@ -7,13 +7,17 @@ visible mark where it does not: never a made-up number).
 """
 from __future__ import annotations
 
-import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from protoseg import config
+from protoseg.io import load_yaml
+
+from .store import read_json
 
 PAPER_FILE = Path(__file__).resolve().parents[1] / "results" / "paper" / "protoseg_cvpr22.yaml"
 UNKNOWN = "n/a"  # the paper's number is not transcribed (see results/paper/)
@@ -22,29 +26,29 @@ PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "mode
 SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_total", "macs", "flops", "train_time_s")
 
 
-def _flatten(spec: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in spec.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, path + "."))
-        else:
-            out[path] = tuple(value) if isinstance(value, list) else value  # hashable, for groupby
-    return out
+def _spec_columns(spec: dict, baseline: dict) -> dict:
+    """A stored spec as {dotted path: value}, with the fields it predates at their baseline (so old
+    and new runs of one experiment are one method) and renamed fields under their new names."""
+    flat = {**baseline, **{config.new_name(path): value for path, value in config.flatten(spec).items()}}
+    return {path: tuple(v) if isinstance(v, list) else v for path, v in flat.items()}  # hashable, for groupby
 
 
 def load_runs(sweep_dirs: list[Path]) -> pd.DataFrame:
-    """One row per finished run: sweep, run_id, summary metrics and every spec field (dotted)."""
-    rows = []
+    """One row per finished run: sweep, run_id, summary metrics and every spec field (dotted).
+    A metrics.json that does not read is left out with a warning naming it."""
+    rows, baseline = [], config.flatten(config.baseline())
     for sweep_dir in sweep_dirs:
         for entry in os.scandir(sweep_dir):
             path = os.path.join(entry.path, "metrics.json")
             if entry.name.startswith(".") or not entry.is_dir() or not os.path.exists(path):
                 continue
-            with open(path) as f:
-                metrics = json.load(f)
+            metrics = read_json(Path(path))
+            if metrics is None or "mIoU" not in metrics:
+                print(f"warning: {path} is corrupt (not a whole metrics file); left out of the table. "
+                      f"`harness run` evaluates the run again", file=sys.stderr)
+                continue
             row = {"sweep": Path(sweep_dir).name, "run_id": entry.name,
-                   **{k: metrics.get(k) for k in SUMMARY}, **_flatten(metrics.get("spec", {}))}
+                   **{k: metrics.get(k) for k in SUMMARY}, **_spec_columns(metrics.get("spec", {}), baseline)}
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -76,7 +80,7 @@ def method_labels(frame: pd.DataFrame) -> pd.Series:
 def load_paper(path: Path = PAPER_FILE) -> list[dict]:
     if not path.exists():
         return []
-    return (yaml.safe_load(path.read_text()) or {}).get("entries", [])
+    return (load_yaml(path.read_text()) or {}).get("entries", [])
 
 
 def _paper_value(entries: list[dict], dataset: str, backbone: str, head: str, prototypes) -> float | None:

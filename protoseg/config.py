@@ -1,19 +1,29 @@
 """The run spec: one plain dict with sections model / data / train / eval.
 
 `DEFAULTS` is the documentation: every field, its default and a comment.
-`resolve(spec)` fills the defaults in and rejects unknown keys and values of
-the wrong type with an error naming the key path and what would be valid.
+`resolve(spec)` fills the defaults in and rejects unknown keys, values of the
+wrong type and values out of range with an error naming the key path and what
+would be valid.
+
+The spec's history (`HISTORY`) keeps old specs meaning what they meant:
+- Adding a key whose default reproduces the old behaviour needs no entry; it
+  changes no run id (see harness/identity.py).
+- Renaming a key or changing what a default means adds a spec version:
+  `{"version": 2, "renamed": {"old.path": "new.path"}, "defaults": {"model.x": OLD_DEFAULT}}`.
+  An old name is accepted with a one-line notice; a sweep planned at an older
+  version keeps the old defaults, with a notice (harness/matrix.py).
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import math
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
-import yaml
-
-from .io import read_yaml
+from .io import load_yaml, read_yaml
+from .registry import BACKBONES, DATASETS, NEEDS_ROOT, NUM_CLASSES
 
 DEFAULTS: dict[str, Any] = {
     "model": {
@@ -87,7 +97,12 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+SPEC_VERSION = 1
+HISTORY: list[dict] = []  # one entry per version after 1, oldest first (see the module docstring)
+
 CHOICES: dict[str, tuple] = {
+    "model.backbone": tuple(BACKBONES),
+    "data.dataset": tuple(DATASETS),
     "model.norm": ("BN", "SyncBN"),
     "model.head": ("parametric", "nonparametric"),
     "model.update_assignment": ("gumbel", "argmax"),
@@ -99,6 +114,75 @@ CHOICES: dict[str, tuple] = {
 # Keys whose value may be None or of a type other than the default's.
 _FREE = {"model.pretrained", "model.decoder_channels", "model.embed_dim", "model.class_weights",
          "data.root", "train.threads"}
+
+
+
+
+def _count(minimum: int = 1) -> tuple[Callable, str]:
+    return (lambda v: v >= minimum), f"an integer >= {minimum}"
+
+
+def _positive(v) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+_POSITIVE = (_positive, "a finite number > 0")
+_FRACTION = ((lambda v: 0 <= v <= 1), "a number in [0, 1]")
+_NON_NEGATIVE = ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0")
+_SIZE = ((lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)),
+         "[h, w] of positive integers")
+
+
+def _device(v) -> bool:
+    head, _, index = v.partition(":")
+    return v in ("auto", "cpu", "cuda", "mps") or (head == "cuda" and index.isdigit())
+
+
+# Ranges beyond the type; None is allowed wherever the default is None.
+RULES: dict[str, tuple[Callable, str]] = {
+    "model.output_stride": ((lambda v: v in (8, 16, 32)), "8, 16 or 32"),
+    "model.decoder_channels": _count(),
+    "model.dropout": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "model.embed_dim": _count(),
+    "model.num_prototypes": _count(),
+    "model.gamma": _FRACTION,
+    "model.sinkhorn_epsilon": _POSITIVE,
+    "model.sinkhorn_iterations": _count(),
+    "model.ppc_weight": _NON_NEGATIVE,
+    "model.ppd_weight": _NON_NEGATIVE,
+    "model.ppc_temperature": _POSITIVE,
+    "model.class_weights": ((lambda v: isinstance(v, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v)),
+        "null or a list of K finite numbers >= 0"),
+    "data.crop_size": _SIZE,
+    "data.ratio_range": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                          and 0 < v[0] <= v[1]), "[low, high] with 0 < low <= high"),
+    "data.batch_size": _count(),
+    "data.val_batch_size": _count(),
+    "data.num_workers": _count(0),
+    "data.synthetic.num_classes": _count(2),
+    "data.synthetic.modes_per_class": _count(),
+    "data.synthetic.image_size": _SIZE,
+    "data.synthetic.num_train": _count(),
+    "data.synthetic.num_val": _count(),
+    "train.iterations": _count(),
+    "train.lr": _POSITIVE,
+    "train.momentum": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.poly_power": _NON_NEGATIVE,
+    "train.device": (_device, "auto, cpu, cuda, cuda:N or mps"),
+    "train.threads": ((lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                      "null or an integer >= 1"),
+    "train.log_interval": _count(),
+    "train.eval_interval": _count(0),
+    "train.checkpoint_interval": _count(),
+    "train.keep_checkpoints": _count(),
+    "eval.crop_size": _SIZE,
+    "eval.stride": _SIZE,
+    "eval.scales": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and _positive(x)
+                                   for x in v)), "a non-empty list of numbers > 0"),
+    "eval.complexity_size": _SIZE,
+}
 
 
 class SpecError(ValueError):
@@ -122,7 +206,7 @@ def _merge(default: dict, given: dict, path: str, source: str) -> dict:
         if isinstance(default[key], dict):
             out[key] = _merge(default[key], value, full, source)
         else:
-            out[key] = _check_value(full, default[key], value, source)
+            out[key] = check_value(full, value, source)
     return out
 
 
@@ -150,14 +234,120 @@ def _check_value(full: str, default, value, source: str):
     return value
 
 
-def resolve(spec: dict | None = None, source: str = "<spec>") -> dict:
-    """Return a full copy of `spec` with every default filled in; raise SpecError when invalid."""
-    return _merge(DEFAULTS, spec or {}, "", source)
+def check_value(full: str, value, source: str = "<spec>"):
+    """One field's value, type and range checked (floats given as ints become floats); SpecError names it."""
+    default = get(DEFAULTS, full)
+    value = _check_value(full, default, value, source)
+    if value is not None and full in RULES:
+        ok, valid = RULES[full]
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise SpecError(f"{source}: '{full}' is {value!r}; valid: {valid}")
+    return value
+
+
+def num_classes(fields: Mapping[str, Any]) -> int | None:
+    """K of a spec's dataset, known without loading it; `fields` maps dotted paths to values."""
+    if fields["data.dataset"] == "synthetic":
+        return fields["data.synthetic.num_classes"]
+    return NUM_CLASSES.get(fields["data.dataset"])
+
+
+CROSS_FIELDS = ("data.dataset", "data.synthetic.num_classes", "model.class_weights", "data.root")
+
+
+def check_spec(fields: Mapping[str, Any], source: str = "<spec>") -> None:
+    """The checks that relate fields (CROSS_FIELDS) of a resolved spec; `fields` maps dotted paths to values."""
+    weights, k, dataset = fields["model.class_weights"], num_classes(fields), fields["data.dataset"]
+    if weights is not None and k is not None and len(weights) != k:
+        raise SpecError(f"{source}: 'model.class_weights' has {len(weights)} values; valid: null or a list of "
+                        f"K = {k} numbers (one per class of data.dataset {dataset!r})")
+    if dataset in NEEDS_ROOT and not fields["data.root"]:
+        raise SpecError(f"{source}: 'data.root' is not set; data.dataset {dataset!r} needs the folder that holds it")
+
+
+def resolve(spec: dict | None = None, source: str = "<spec>", defaults: dict | None = None) -> dict:
+    """Return a full copy of `spec` with every default filled in; raise SpecError when invalid.
+    Old key names are moved to their new place (with a notice)."""
+    resolved = _merge(defaults or DEFAULTS, rename_keys(spec or {}, source), "", source)
+    check_spec(flatten(resolved), source)
+    return resolved
 
 
 def load(path: str | Path) -> dict:
     """Read a YAML run spec and resolve it."""
     return resolve(read_yaml(path, "spec file", SpecError), source=str(path))
+
+
+# ---- history: renamed keys and changed defaults ---------------------------------------------
+
+_told: set[str] = set()
+
+
+def notice(text: str) -> None:
+    """A one-line notice on stderr, once per process."""
+    if text not in _told:
+        _told.add(text)
+        print(f"notice: {text}", file=sys.stderr)
+
+
+def new_name(dotted: str, source: str = "<spec>") -> str:
+    """The current name of a spec path that may have been renamed (with a notice)."""
+    for entry in HISTORY:
+        if dotted in entry.get("renamed", {}):
+            new = entry["renamed"][dotted]
+            notice(f"{source}: '{dotted}' is now '{new}' (spec version {entry['version']}); "
+                   f"write '{new}' to silence this")
+            dotted = new
+    return dotted
+
+
+def rename_keys(spec: dict, source: str = "<spec>") -> dict:
+    """A copy of a (partial) nested spec with old key names moved to their new place."""
+    if not HISTORY or not isinstance(spec, dict):
+        return spec
+    out: dict = {}
+    for path, value in flatten(spec).items():
+        node, (*parents, leaf) = out, new_name(path, source).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def flatten(spec: dict, prefix: str = "") -> dict:
+    """{dotted path: value} of a nested spec."""
+    out = {}
+    for key, value in spec.items():
+        if isinstance(value, dict):  # a section: no field takes a mapping
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + str(key)] = value
+    return out
+
+
+def changed_defaults(since: int) -> dict[str, Any]:
+    """{path: the default it had at spec version `since`} for every default changed after it."""
+    old: dict[str, Any] = {}
+    for entry in reversed(HISTORY):
+        if entry["version"] > since:
+            old.update(entry.get("defaults", {}))
+    return old
+
+
+def baseline() -> dict:
+    """DEFAULTS with every changed default at its first value: what a key meant when it was added."""
+    spec = copy.deepcopy(DEFAULTS)
+    for path, value in changed_defaults(0).items():
+        *parents, leaf = path.split(".")
+        node = spec
+        for part in parents:
+            node = node[part]
+        node[leaf] = copy.deepcopy(value)
+    return spec
 
 
 def parse_assignments(items: list[str], error: type[Exception] = SpecError) -> list[tuple[str, Any]]:
@@ -167,13 +357,20 @@ def parse_assignments(items: list[str], error: type[Exception] = SpecError) -> l
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise error(f"--set {item!r}: expected key.path=value, e.g. model.head=parametric")
-        out.append((key.strip(), yaml.safe_load(value)))
+        out.append((key.strip(), load_yaml(value)))
     return out
 
 
-def get(spec: dict, dotted: str):
-    """spec['a']['b'] for 'a.b'."""
+_MISSING = object()
+
+
+def get(spec: dict, dotted: str, default=_MISSING):
+    """spec['a']['b'] for 'a.b' (`default` when the path does not exist)."""
     node = spec
     for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is _MISSING:
+                raise KeyError(dotted)
+            return default
         node = node[part]
     return node

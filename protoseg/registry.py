@@ -21,3 +21,8 @@ DATASETS: dict[str, str] = {
     "synthetic": "protoseg.data.synthetic:SyntheticScenes",
     "camvid": "protoseg.data.camvid:CamVid",
 }
+
+# K of the datasets whose class list is fixed (synthetic: data.synthetic.num_classes)
+NUM_CLASSES: dict[str, int] = {"camvid": 11}
+# datasets read from data.root
+NEEDS_ROOT = ("camvid",)

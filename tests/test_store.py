@@ -55,11 +55,13 @@ def test_prepare_writes_spec_and_pending_status(store):
     assert store.run_ids() == ["abc"]
 
 
-def test_prepare_is_done_once_and_keeps_existing_files(store):
+def test_prepare_keeps_the_status_and_writes_the_current_spec(store):
+    """Each attempt runs with the current experiment's resource fields (device, threads, ...)."""
     store.prepare("abc", SPEC, {"a": 1})
     store.update("abc", state="failed", attempts=3, error="boom")
-    store.prepare("abc", {"model": {"head": "nonparametric"}}, {"a": 2})
-    assert load_spec(store.run_dir("abc")) == SPEC
+    current = {**SPEC, "train": {"iterations": 3, "device": "cpu"}}
+    store.prepare("abc", current, {"a": 2})
+    assert load_spec(store.run_dir("abc")) == current
     status = store.status("abc")
     assert status["state"] == "failed" and status["attempts"] == 3 and status["settings"] == {"a": 1}
 
@@ -193,7 +195,7 @@ def test_done_iff_metrics_json_exists(store):
     for state in ("pending", "running", "failed", "cancelled"):
         store.update("r", state=state)
         assert store.state("r") != "done"
-    (store.run_dir("r") / "metrics.json").write_text("{}")
+    (store.run_dir("r") / "metrics.json").write_text('{"mIoU": 50.0}')
     for state in ("pending", "running", "failed", "cancelled", "done"):
         store.update("r", state=state)
         assert store.state("r") == "done" and store.is_done("r")
@@ -257,7 +259,7 @@ def test_has_checkpoint(store):
 def test_rows_give_derived_state_and_progress(store):
     for rid in ("a", "b", "c"):
         store.prepare(rid, SPEC, {"rid": rid})
-    (store.run_dir("a") / "metrics.json").write_text("{}")
+    (store.run_dir("a") / "metrics.json").write_text('{"mIoU": 50.0}')
     store.update("b", state="running")
     assert store.claim("b", owner())
     (store.run_dir("b") / "progress.json").write_text(json.dumps({"iteration": 2, "iterations": 3}))
