@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
-import yaml
-
-from protoseg.io import read_yaml
+from protoseg import config
+from protoseg.io import load_yaml, read_yaml
 
 from .matrix import MatrixError, settings_text
-from .store import Store
+from .store import SWEEP_NAME, Store, StoreError, check_locking
 
 
 def _sweep_name(target: str) -> str:
@@ -20,7 +22,10 @@ def _sweep_name(target: str) -> str:
     path = Path(target)
     if path.suffix in (".yaml", ".yml"):
         doc = read_yaml(path, "experiment file", MatrixError) or {}
-        return (doc.get("sweep") if isinstance(doc, dict) else None) or path.stem
+        name = (doc.get("sweep") if isinstance(doc, dict) else None) or path.stem
+        if not isinstance(name, str) or not SWEEP_NAME.match(name):
+            raise MatrixError(f"{path}: sweep name {name!r} must be letters, digits, '-' or '_'")
+        return name
     return target
 
 
@@ -34,15 +39,13 @@ def _sweeps(results: Path, target: str | None) -> list[Store]:
     if not results.is_dir():
         return []
     return [Store(results, p.name) for p in sorted(results.iterdir())
-            if p.is_dir() and p.name != "paper" and (p / "sweep.json").exists()]
+            if p.is_dir() and SWEEP_NAME.match(p.name) and p.name != "paper" and (p / "sweep.json").exists()]
 
 
 def _matches(spec, only: str | None) -> bool:
     """--only 'model.head=parametric,train.seed=0' or a run id prefix."""
     if not only:
         return True
-    from protoseg import config
-
     for term in only.split(","):
         key, sep, value = term.partition("=")
         if not sep:
@@ -50,29 +53,31 @@ def _matches(spec, only: str | None) -> bool:
                 return False
             continue
         try:
-            actual = config.get(spec.spec, key.strip())
-        except (KeyError, TypeError):
+            actual = spec.value(config.new_name(key.strip(), "--only"))
+        except KeyError:
             raise MatrixError(f"--only {only!r}: unknown spec path '{key.strip()}'") from None
-        if actual != yaml.safe_load(value):
+        if actual != load_yaml(value):
             return False
     return True
 
 
 def _plan(store: Store, runs, args, stale_after) -> list[tuple[object, str]]:
-    plan = []
+    plan, existing = [], set(store.run_ids())
     for spec in runs:
-        state = store.state(spec.run_id, stale_after)
+        state = store.state(spec.run_id, stale_after) if spec.run_id in existing else "pending"
         if state == "done":
             action = "rerun" if args.force else "skip (done)"
         elif state in ("running", "queued"):
             status = store.status(spec.run_id)
-            job = status.get("job_id") if status.get("backend") == "slurm" else None
-            action = f"skip ({state}{' as SLURM job ' + job if job else ' elsewhere'})"
+            job = f" as {status.get('backend', '').upper()} job {status['job_id']}" if status.get("job_id") else ""
+            action = f"skip ({state}{job or ' elsewhere'})"
         elif state == "failed":
             action = ("resume" if store.has_checkpoint(spec.run_id) else "run") if args.retry_failed \
                 else "skip (failed; --retry-failed)"
         else:
-            action = "resume" if store.has_checkpoint(spec.run_id) else "run"
+            action = "resume" if spec.run_id in existing and store.has_checkpoint(spec.run_id) else "run"
+            if state == "corrupt":
+                action += f" (corrupt {', '.join(store.corrupt_files(spec.run_id))}: set aside)"
         plan.append((spec, action))
     return plan
 
@@ -87,60 +92,92 @@ def cmd_run(args) -> int:
         overrides.append(("executor.jobs", args.jobs))
     if args.address:
         overrides.append(("executor.address", args.address))
-    sweep = matrix.load(args.file, overrides, args.profile)
-    runs = [r for r in sweep.runs if _matches(r, args.only)]
-    store = Store(args.results, sweep.name)
+    store = Store(args.results, _sweep_name(args.file))
+    sweep = matrix.load(args.file, overrides, args.profile, select=lambda run: _matches(run, args.only),
+                        spec_version=store.spec_version())
+    runs = sweep.runs
+    if not runs:
+        raise MatrixError(f"{args.file}: --only {args.only!r} matches none of its {sweep.cells} cells; nothing done")
+    matrix.check_data_roots(sweep)
     stale_after = sweep.executor["stale_after"]
     plan = _plan(store, runs, args, stale_after)
     width = max((len(settings_text(r.settings)) for r in runs), default=0)
-    print(f"sweep {sweep.name}: {len(sweep.runs)} cells, {len(runs)} selected -> {store.dir}")
-    for spec, action in plan:
-        print(f"  {spec.run_id}  {settings_text(spec.settings):<{width}}  {action}")
-    todo = [spec for spec, action in plan if action in ("run", "resume", "rerun")]
+    lines = [f"sweep {sweep.name}: {sweep.cells} cells, {len(runs)} selected -> {store.dir}"]
+    lines += [f"  {spec.run_id}  {settings_text(spec.settings):<{width}}  {action}" for spec, action in plan]
+    print("\n".join(lines))
+    todo = [spec for spec, action in plan if action.split()[0] in ("run", "resume", "rerun")]
+    backend = backends.get(sweep.executor["backend"])
     if args.dry_run:
         print(f"dry run: {len(todo)} would run")
-        if sweep.executor["backend"] == "slurm" and todo:
-            from .backends import slurm
-
+        if todo:
             try:
-                print("\nthe sbatch file:\n" + slurm.sbatch_script(sweep.executor, store.dir / ".slurm", len(todo),
-                                                                 slurm.job_name(store)))
+                print("\n" + backend.describe(store, todo, sweep.executor))
             except backends.BackendUnavailable as err:
-                print(f"(no sbatch file: {err})")
+                print(f"({sweep.executor['backend']}: {err})")
         return 0
-    store.record_sweep(args.file, matrix.git_commit(), sweep.executor, [r.run_id for r in sweep.runs])
-    for spec in sweep.runs:
-        store.prepare(spec.run_id, spec.spec, spec.settings)
+    check_locking(store.dir)
+    store.record_sweep(args.file, matrix.git_commit(), sweep.executor, [r.run_id for r in runs],
+                       store.spec_version() or config.SPEC_VERSION)
     for spec, action in plan:
         if action == "rerun":  # keep the old result: move it aside, never delete it
             aside = store.dir / ".replaced" / f"{spec.run_id}-{int(time.time())}"
             aside.parent.mkdir(exist_ok=True)
             shutil.move(str(store.run_dir(spec.run_id)), str(aside))
-            store.prepare(spec.run_id, spec.spec, spec.settings)
-    for spec in todo:  # an old `harness cancel` request must not stop the new attempt
-        store.cancel_path(spec.run_id).unlink(missing_ok=True)
-    run_backend = backends.get(sweep.executor["backend"])
+        elif "corrupt" in action:
+            store.set_aside_corrupt(spec.run_id)
+    for spec in todo:
+        store.prepare(spec.run_id, spec.spec, spec.settings)
+        store.cancel_path(spec.run_id).unlink(missing_ok=True)  # an old `harness cancel` must not stop it
     start = time.time()
+    received: list[int] = []
     try:
-        final = run_backend(store, todo, sweep.executor) if todo else {}
+        with _signals_interrupt(received):
+            final = backend.wait(backend.submit(store, todo, sweep.executor)) if todo else {}
     except backends.BackendUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        if sweep.executor["backend"] != "slurm":  # SLURM jobs go on; the backend said so
+        if not backend.DETACHED:  # a detached backend's runs go on; it said so
             print("interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-    failed = [rid for rid, state in final.items() if state == "failed"]
+        return 128 + (received[0] if received else signal.SIGINT)
     counts = {s: list(final.values()).count(s) for s in dict.fromkeys(final.values())}
     print(f"\n{len(final)} run(s) in {time.time() - start:.0f}s: "
           + ", ".join(f"{n} {s}" for s, n in counts.items()) if final else "\nnothing to run")
-    for rid in failed:
-        print(f"  failed {rid}: {store.status(rid).get('error')}  (traceback: {store.run_dir(rid) / 'error.txt'})")
     frame = report.load_runs([store.dir])
     if not frame.empty:
         agg = report.aggregate(frame)
         print("\n" + report.render(agg, "md", report.caption(frame)))
-    return min(len(failed), 125)
+    return _outcome(store, runs, stale_after)
+
+
+def _outcome(store: Store, runs, stale_after: float) -> int:
+    """Exit code 1 and one line per cell when a selected cell failed, crashed or is corrupt; else 0."""
+    bad = [(spec, state) for spec in runs if (state := store.state(spec.run_id, stale_after))
+           in ("failed", "crashed", "corrupt")]
+    if not bad:
+        return 0
+    print(f"\n{len(bad)} of {len(runs)} selected cell(s) failed or crashed:", file=sys.stderr)
+    for spec, state in bad:
+        status = store.status(spec.run_id)
+        where = f"  (traceback: {store.run_dir(spec.run_id) / 'error.txt'})" if state == "failed" else ""
+        print(f"  {state} {spec.run_id} {settings_text(spec.settings)}: {status.get('error')}{where}", file=sys.stderr)
+    return 1
+
+
+@contextlib.contextmanager
+def _signals_interrupt(received: list[int]):
+    """SIGTERM and SIGHUP (a batch system, `timeout`, a dropped ssh session) stop the sweep as Ctrl-C
+    does: running runs write a checkpoint. The signal's number goes into `received`."""
+    def interrupt(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _status_lines(store: Store, stale_after: float) -> list[str]:
@@ -157,6 +194,8 @@ def _status_lines(store: Store, stale_after: float) -> list[str]:
             progress = f"{p['iteration']}/{p['iterations']}"
         miou = f"mIoU {row['mIoU']:.2f}" if state == "done" and row.get("mIoU") is not None else ""
         error = (row.get("error") or "")[:80] if state in ("failed", "crashed", "cancelled") else ""
+        if state == "corrupt":
+            error = "corrupt " + ", ".join(store.corrupt_files(row["run_id"])) + ": `harness run` redoes it"
         job = f"job {row['job_id']}" if row.get("job_id") and state != "done" else ""
         if row.get("log") and state != "done":
             job += f" log {_short(row['log'])}"
@@ -176,7 +215,7 @@ def _short(path: str) -> str:
 
 
 def cmd_cancel(args) -> int:
-    from . import slurm_jobs
+    from .backends import BackendUnavailable
     from .cancel import cancel
     from .matrix import RunSpec
     from .store import ACTIVE, load_spec
@@ -191,9 +230,9 @@ def cmd_cancel(args) -> int:
         print(f"sweep {store.sweep}: cancelling {len(rows)} run(s) (waiting up to {args.grace:.0f} s for checkpoints)")
         try:
             outcome = cancel(store, [r["run_id"] for r in rows], args.grace, args.stale_after)
-        except slurm_jobs.SlurmUnavailable as err:
+        except BackendUnavailable as err:
             jobs = ", ".join(sorted(str(r.get("job_id")) for r in rows if r.get("job_id")))
-            print(f"error: {err}; SLURM jobs not cancelled: {jobs or 'none'} (their runs stop at their next "
+            print(f"error: {err}; jobs not cancelled: {jobs or 'none'} (their runs stop at their next "
                   f"iteration if they reach one: each has a cancel file)", file=sys.stderr)
             return 3
         for row in rows:
@@ -246,7 +285,8 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report")
+    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report",
+                                     epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, help_text):
@@ -292,15 +332,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CODES = """exit codes: 0 every selected cell done (or left running elsewhere); 1 some cells failed or
+crashed (counted and listed); 2 invalid input (experiment file, spec, sweep name, results folder); 3 the
+backend's cluster cannot be reached; 4 an internal error (a bug: please report the traceback);
+128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: running runs checkpointed)"""
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except MatrixError as err:
+    except (MatrixError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except PermissionError as err:
+        print(f"error: permission denied: {err.filename} ({err.strerror}); ask its owner for group access, "
+              f"or choose another --results folder", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug, not the user's input
+        print(f"internal error (exit 4), please report it:\n{traceback.format_exc()}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

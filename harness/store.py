@@ -5,8 +5,9 @@ done, metrics.json (done means metrics.json exists). A run is claimed before
 it starts: `claim` is created exclusively and its mtime is the heartbeat; a
 claim whose owner is gone (same host, dead pid) or whose heartbeat is older
 than `stale_after` seconds counts as crashed and may be taken over. A claim
-held by a SLURM job ({"backend": "slurm", "job_id": ...}) lives as long as
-squeue lists the job as pending, running or requeued, heartbeat or not.
+names its backend ({"backend": NAME, ...}), which is asked first
+(harness.backends: e.g. a SLURM job's claim lives as long as squeue lists the
+job, heartbeat or not); pid and heartbeat decide when it cannot tell.
 """
 from __future__ import annotations
 
@@ -14,26 +15,56 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
 
-import yaml
+from protoseg import config
+from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml
 
-from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml
+from . import backends
 
-from . import slurm_jobs
-
-STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed")
+STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed", "corrupt")
 ACTIVE = ("queued", "running")
+SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class StoreError(ValueError):
+    """A results folder the harness cannot use; the message says why and what to do."""
+
+
+def check_sweep_name(name: str, where: str = "sweep name") -> str:
+    """A sweep name stays inside the results folder: letters, digits, '-' and '_'."""
+    if not isinstance(name, str) or not SWEEP_NAME.match(name):
+        raise StoreError(f"{where} {name!r} must be letters, digits, '-' or '_' (a folder directly under --results)")
+    return name
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None when it is missing or half-written."""
+    """A JSON object file's content, or None when it is missing, half-written or garbled."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):  # JSONDecodeError, UnicodeDecodeError
         return None
+    return value if isinstance(value, dict) else None
+
+
+def check_locking(folder: Path) -> None:
+    """The harness's claims need flock; some NFS and Lustre mounts do not give it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    try:
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return  # held by another harness right now: locking works
+    except OSError as err:
+        raise StoreError(f"{folder}: file locking (flock) does not work on this filesystem ({err.strerror}); "
+                         f"two harnesses could run the same run twice. Use a --results folder on a local disk "
+                         f"or a filesystem with flock (NFS: a running lockd, no 'nolock'; Lustre: mount "
+                         f"-o flock)") from None
 
 
 def pid_alive(pid: int) -> bool:
@@ -59,7 +90,7 @@ def owner(**extra) -> dict:
 class Store:
     def __init__(self, root: str | Path, sweep: str):
         self.root = Path(root).resolve()
-        self.sweep = sweep
+        self.sweep = check_sweep_name(sweep)
         self.dir = self.root / sweep
 
     # ---- layout -------------------------------------------------------
@@ -71,11 +102,20 @@ class Store:
             return []
         return sorted(e.name for e in os.scandir(self.dir) if e.is_dir() and not e.name.startswith("."))
 
-    def record_sweep(self, source: str, commit: str | None, executor: dict, run_ids: list[str]) -> None:
-        """sweep.json: where the sweep came from and each code commit that ran it."""
+    def spec_version(self) -> int | None:
+        """The spec version this sweep was first planned at (1 before versions were recorded); None if new."""
+        info = read_json(self.dir / "sweep.json")
+        if info is None:
+            return 1 if self.run_ids() else None
+        return int(info.get("spec_version", 1))
+
+    def record_sweep(self, source: str, commit: str | None, executor: dict, run_ids: list[str],
+                     spec_version: int = config.SPEC_VERSION) -> None:
+        """sweep.json: where the sweep came from, its spec version and each code commit that ran it."""
         path = self.dir / "sweep.json"
         with self._lock(""):  # the sweep folder's own lock
-            info = read_json(path) or {"name": self.sweep, "created": time.time(), "invocations": []}
+            info = read_json(path) or {"name": self.sweep, "created": time.time(), "invocations": [],
+                                       "spec_version": spec_version}
             info["source"] = str(Path(source).resolve()) if source else None
             info["invocations"].append({"time": time.time(), "commit": commit, "executor": executor,
                                         "runs": len(run_ids), "host": socket.gethostname()})
@@ -83,15 +123,35 @@ class Store:
             atomic_write_json(path, info)
 
     def prepare(self, run_id: str, spec: dict, settings: dict) -> None:
-        """Create the run folder with spec.yaml and a pending status, once."""
+        """Before an attempt: spec.yaml from the current experiment (its resource fields, e.g.
+        train.device, may have changed; the rest is what the run id says), a pending status once."""
         folder = self.run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "spec.yaml").exists():
-            atomic_write_yaml(folder / "spec.yaml", spec)
+        atomic_write_yaml(folder / "spec.yaml", spec)
         if not (folder / "status.json").exists():
             atomic_write_json(folder / "status.json", {
                 "run_id": run_id, "state": "pending", "attempts": 0, "settings": settings,
                 "created": time.time()})
+
+    def corrupt_files(self, run_id: str) -> list[str]:
+        """The run's metrics.json / status.json that exist but do not read as what they should be."""
+        bad = []
+        for name in ("metrics.json", "status.json"):
+            path = self.run_dir(run_id) / name
+            content = read_json(path)
+            if path.exists() and (content is None or (name == "metrics.json" and "mIoU" not in content)):
+                bad.append(name)
+        return bad
+
+    def set_aside_corrupt(self, run_id: str) -> list[Path]:
+        """Move corrupt files to NAME.corrupt-TIME (kept for a look), so the run can be evaluated or run again."""
+        moved = []
+        for name in self.corrupt_files(run_id):
+            path = self.run_dir(run_id) / name
+            aside = path.with_name(f"{name}.corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            moved.append(aside)
+        return moved
 
     # ---- status -------------------------------------------------------
     def status(self, run_id: str) -> dict:
@@ -108,12 +168,15 @@ class Store:
         return status
 
     def is_done(self, run_id: str) -> bool:
-        return (self.run_dir(run_id) / "metrics.json").exists()
+        """Done means a metrics.json that reads, with its mIoU."""
+        return "mIoU" in (read_json(self.run_dir(run_id) / "metrics.json") or {})
 
     def state(self, run_id: str, stale_after: float = 120, status: dict | None = None) -> str:
-        """done / queued / running / failed / cancelled / crashed / pending, from the files on disk."""
+        """done / queued / running / failed / cancelled / crashed / corrupt / pending, from the files on disk."""
         if self.is_done(run_id):
             return "done"
+        if self.corrupt_files(run_id):
+            return "corrupt"
         state = (status or self.status(run_id)).get("state", "pending")
         if state in ACTIVE or self._claim_path(run_id).exists():
             if not self.claim_alive(run_id, stale_after):
@@ -161,10 +224,10 @@ class Store:
         info = read_json(path)
         if info is None:
             return False
-        if info.get("backend") == "slurm" and info.get("job_id"):
-            alive = slurm_jobs.alive(info["job_id"])
-            if alive is not None:
-                return alive
+        asked = getattr(self, "_asked", {}).get(run_id)  # rows() asked each backend once for all its runs
+        alive = asked[1] if asked and asked[0] == info else backends.alive([info])[0]
+        if alive is not None:  # the backend knows (a SLURM job in squeue); None: heartbeat and pid decide
+            return alive
         try:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
@@ -184,7 +247,7 @@ class Store:
                 if self.claim_alive(run_id, stale_after):
                     return False
                 path.unlink()
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             with os.fdopen(fd, "w") as handle:
                 json.dump(who, handle)
             return True
@@ -228,19 +291,22 @@ class Store:
     def rows(self, stale_after: float = 120) -> list[dict]:
         """One dict per run: status.json fields, the derived state and, while running, progress."""
         out, statuses = [], {rid: read_json(self.run_dir(rid) / "status.json") or {} for rid in self.run_ids()}
-        jobs = [s.get("job_id") for s in statuses.values() if s.get("backend") == "slurm" and s.get("state") in ACTIVE]
-        if jobs:
-            with contextlib.suppress(slurm_jobs.SlurmUnavailable):
-                slurm_jobs.prefetch(jobs)  # one squeue call, not one per run
-        for rid, status in statuses.items():
-            folder = self.run_dir(rid)
-            status["run_id"] = rid
-            status["state"] = self.state(rid, stale_after, status)
-            if status["state"] == "running":
-                status["progress"] = read_json(folder / "progress.json")
-            out.append(status)
+        claims = {rid: claim for rid, s in statuses.items() if s.get("state") in ACTIVE
+                  and (claim := self.claim_info(rid))}
+        self._asked = {rid: (claim, alive)  # one call per backend (one squeue), not one per run
+                       for (rid, claim), alive in zip(claims.items(), backends.alive(list(claims.values())))}
+        try:
+            for rid, status in statuses.items():
+                folder = self.run_dir(rid)
+                status["run_id"] = rid
+                status["state"] = self.state(rid, stale_after, status)
+                if status["state"] == "running":
+                    status["progress"] = read_json(folder / "progress.json")
+                out.append(status)
+        finally:
+            self._asked = {}
         return out
 
 
 def load_spec(run_dir: Path) -> dict:
-    return yaml.safe_load((Path(run_dir) / "spec.yaml").read_text())
+    return read_yaml(Path(run_dir) / "spec.yaml", "run spec", StoreError)

@@ -47,3 +47,45 @@ def test_load_reports_malformed_yaml_with_file(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(config.SpecError, match="bad.yaml: malformed YAML"):
         config.load(bad)
+
+
+@pytest.mark.parametrize("key,value,valid", [
+    ("train.iterations", -5, "an integer >= 1"), ("train.iterations", 0, "an integer >= 1"),
+    ("model.gamma", 1.5, r"\[0, 1\]"), ("model.num_prototypes", 0, "an integer >= 1"),
+    ("data.batch_size", 0, "an integer >= 1"), ("train.lr", 0.0, "finite number > 0"),
+    ("train.lr", float("nan"), "finite number > 0"), ("train.lr", float("inf"), "finite number > 0"),
+    ("train.device", "gpu", "auto, cpu, cuda, cuda:N"), ("train.threads", 0, "integer >= 1"),
+    ("train.threads", "four", "integer >= 1"), ("data.crop_size", [0, 64], "positive integers"),
+    ("eval.scales", [1.0, -0.5], "numbers > 0"), ("data.ratio_range", [2.0, 0.5], "low <= high"),
+    ("model.output_stride", 12, "8, 16 or 32"), ("model.backbone", "resnet19", "did you mean 'resnet18'"),
+    ("data.dataset", "cityscape", "valid: synthetic, camvid"),
+])
+def test_values_out_of_range_name_the_key_and_what_is_valid(key, value, valid):
+    section, _, name = key.partition(".")
+    with pytest.raises(config.SpecError, match=valid) as err:
+        config.resolve({section: {name: value}}, source="exp.yaml")
+    assert "exp.yaml" in str(err.value) and f"'{key}'" in str(err.value)
+
+
+def test_class_weights_need_one_value_per_class():
+    spec = {"data": {"synthetic": {"num_classes": 3}}, "model": {"class_weights": [1.0, 2.0]}}
+    with pytest.raises(config.SpecError, match=r"'model.class_weights' has 2 values.*K = 3"):
+        config.resolve(spec)
+    spec["model"]["class_weights"] = [1, 2, 0.5]
+    assert config.resolve(spec)["model"]["class_weights"] == [1, 2, 0.5]
+    with pytest.raises(config.SpecError, match="K = 11"):
+        config.resolve({"data": {"dataset": "camvid", "root": "/x"}, "model": {"class_weights": [1.0] * 4}})
+
+
+def test_a_dataset_read_from_disk_needs_its_root():
+    with pytest.raises(config.SpecError, match="'data.root' is not set"):
+        config.resolve({"data": {"dataset": "camvid"}})
+
+
+def test_numbers_written_with_an_exponent_are_floats_everywhere(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("train: {lr: 1e-2, weight_decay: 5E-4}\n")
+    spec = config.load(path)
+    assert spec["train"]["lr"] == 0.01 and spec["train"]["weight_decay"] == 0.0005
+    assert config.parse_assignments(["train.lr=1e-3", "train.seed=7", "model.head=parametric"]) == [
+        ("train.lr", 0.001), ("train.seed", 7), ("model.head", "parametric")]
