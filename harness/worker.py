@@ -108,7 +108,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):  # SIGHUP: a dropped ssh session
         signal.signal(sig, lambda *_: stop.set())
     return execute(args.run_dir, backend=args.backend, stop=stop)
 

@@ -197,6 +197,11 @@ def _resume(run_dir: Path, stateful: dict, rank: int, world: int, seed: int) -> 
             log.warning("the checkpoint is of %d process(es), this run has %d: same data, other random draws "
                         "(not an exact resume)", len(rngs), world)
             _seed_everything(_rank_seed(seed, rank, state["iteration"]))
+        first = state.get("threads")  # absent from checkpoints of older versions
+        if first and first != torch.get_num_threads():  # another thread count sums in another order
+            log.info("keeps %d thread(s) of its first attempt for an exact resume (this attempt was given %d)",
+                     first, torch.get_num_threads())
+            torch.set_num_threads(first)
         log.info("resumed from iteration %d", state["iteration"])
     starts = distributed.all_gather(0 if state is None else state["iteration"])
     if len(set(starts)) > 1:
@@ -229,6 +234,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
 
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     start, history, evals, train_time = _resume(run_dir, stateful, rank, world, tcfg["seed"])
+    threads = torch.get_num_threads()  # the first attempt's, once _resume has set it
     net = _wrap(model, device) if world > 1 else model
 
     def save(it: int) -> None:
@@ -236,7 +242,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         if main:
             checkpoint.save(run_dir, it, {
                 **{key: obj.state_dict() for key, obj in stateful.items()},
-                "history": history, "evals": evals, "train_time": train_time, **rngs}, tcfg["keep_checkpoints"])
+                "history": history, "evals": evals, "train_time": train_time, "threads": threads, **rngs},
+                tcfg["keep_checkpoints"])
         distributed.barrier()  # no rank goes on, or leaves on Interrupted, before the checkpoint is on disk
 
     def run_eval() -> dict:
@@ -368,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR1, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     try:
         metrics = run(spec, args.out, stop=lambda: requested["stop"])
     except Interrupted as err:
