@@ -6,20 +6,21 @@ import time
 
 from protoseg.io import atomic_write_text
 
-from . import slurm_jobs
+from . import backends
 from .store import Store
 
 
 def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: float = 120) -> dict[str, str]:
     """Every run gets a cancel file, which its worker (any backend) obeys at the
-    next iteration by writing a checkpoint and stopping. SLURM jobs that have
-    not started are scancelled at once; running ones that have not stopped
-    after `grace` seconds are scancelled too. Returns {run id: what happened}."""
+    next iteration by writing a checkpoint and stopping. Each run's backend then
+    stops what has not started at once (SLURM: scancel of pending jobs), and what
+    is still busy after `grace` seconds. Returns {run id: what happened}; raises
+    BackendUnavailable when a backend's cluster does not answer."""
     held = {rid: store.claim_info(rid) or {} for rid in run_ids}
     for rid in run_ids:
         atomic_write_text(store.cancel_path(rid), f"{time.time()}\n")
-    jobs = {rid: info["job_id"] for rid, info in held.items() if info.get("backend") == "slurm" and info.get("job_id")}
-    slurm_jobs.cancel(jobs.values(), pending_only=True)  # a job that started meanwhile gets its grace
+    # a run that started meanwhile gets its grace
+    queued = dict(zip(held, backends.cancel(list(held.values()), pending_only=True)))
 
     def busy(rid: str) -> bool:
         return store.claim_info(rid) is not None and store.claim_alive(rid, stale_after)
@@ -28,17 +29,17 @@ def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: f
     while time.time() < deadline and any(busy(rid) for rid in run_ids):
         time.sleep(0.5)
     stuck = [rid for rid in run_ids if busy(rid)]
-    slurm_jobs.cancel(jobs[rid] for rid in stuck if rid in jobs)
+    late = dict(zip(stuck, backends.cancel([held[rid] for rid in stuck], pending_only=False)))
     outcome = {}
     for rid in run_ids:
         if store.is_done(rid):
             outcome[rid] = "finished before it could stop"
         elif store.status(rid).get("state") == "cancelled" and rid not in stuck:
             outcome[rid] = "stopped at a checkpoint"  # its worker recorded it
-        elif rid in stuck and rid not in jobs:  # the cancel file stays: it stops when it reaches an iteration
+        elif rid in stuck and not late[rid]:  # the cancel file stays: it stops when it reaches an iteration
             outcome[rid] = f"asked to stop; still running after {grace:.0f} s"
         else:  # the cancel file stays, so a job that starts after all stops at once
             store.record_cancelled(rid)
-            outcome[rid] = (f"SLURM job {jobs[rid]} scancelled after {grace:.0f} s without stopping" if rid in stuck
-                            else f"SLURM job {jobs.get(rid, '?')} scancelled in the queue")
+            outcome[rid] = (f"{late[rid]} after {grace:.0f} s without stopping" if rid in stuck
+                            else f"{queued[rid]} in the queue" if queued[rid] else "cancelled")
     return outcome

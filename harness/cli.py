@@ -13,6 +13,7 @@ from pathlib import Path
 from protoseg import config
 from protoseg.io import load_yaml, read_yaml
 
+from . import backends
 from .matrix import MatrixError, settings_text
 from .store import SWEEP_NAME, Store, StoreError, check_locking
 
@@ -42,23 +43,30 @@ def _sweeps(results: Path, target: str | None) -> list[Store]:
             if p.is_dir() and SWEEP_NAME.match(p.name) and p.name != "paper" and (p / "sweep.json").exists()]
 
 
-def _matches(spec, only: str | None) -> bool:
-    """--only 'model.head=parametric,train.seed=0' or a run id prefix."""
+def _selector(only: str | None):
+    """--only 'model.head=parametric,train.seed=0' or a run id prefix -> a test of a RunSpec."""
     if not only:
-        return True
+        return lambda run: True
+    prefixes, wanted = [], []
     for term in only.split(","):
         key, sep, value = term.partition("=")
-        if not sep:
-            if not spec.run_id.startswith(term.strip()):
-                return False
-            continue
-        try:
-            actual = spec.value(config.new_name(key.strip(), "--only"))
-        except KeyError:
-            raise MatrixError(f"--only {only!r}: unknown spec path '{key.strip()}'") from None
-        if actual != load_yaml(value):
+        if sep:
+            wanted.append((config.new_name(key.strip(), "--only"), load_yaml(value)))
+        else:
+            prefixes.append(term.strip())
+
+    def select(run) -> bool:
+        if not all(run.run_id.startswith(prefix) for prefix in prefixes):
             return False
-    return True
+        for key, value in wanted:
+            try:
+                if run.value(key) != value:
+                    return False
+            except KeyError:
+                raise MatrixError(f"--only {only!r}: unknown spec path '{key}'") from None
+        return True
+
+    return select
 
 
 def _plan(store: Store, runs, args, stale_after) -> list[tuple[object, str]]:
@@ -83,7 +91,7 @@ def _plan(store: Store, runs, args, stale_after) -> list[tuple[object, str]]:
 
 
 def cmd_run(args) -> int:
-    from . import backends, matrix, report
+    from . import matrix, report
 
     overrides = matrix.parse_overrides(args.set)
     if args.backend:
@@ -93,7 +101,7 @@ def cmd_run(args) -> int:
     if args.address:
         overrides.append(("executor.address", args.address))
     store = Store(args.results, _sweep_name(args.file))
-    sweep = matrix.load(args.file, overrides, args.profile, select=lambda run: _matches(run, args.only),
+    sweep = matrix.load(args.file, overrides, args.profile, select=_selector(args.only),
                         spec_version=store.spec_version())
     runs = sweep.runs
     if not runs:
@@ -223,7 +231,8 @@ def cmd_cancel(args) -> int:
     cancelled = 0
     for store in _sweeps(args.results, args.target):
         rows = [r for r in store.rows(args.stale_after) if r["state"] in ACTIVE]
-        rows = [r for r in rows if _matches(RunSpec(r["run_id"], load_spec(store.run_dir(r["run_id"]))), args.only)]
+        select = _selector(args.only)
+        rows = [r for r in rows if select(RunSpec(r["run_id"], load_spec(store.run_dir(r["run_id"]))))]
         if not rows:
             print(f"sweep {store.sweep}: nothing queued or running{' matches --only ' + args.only if args.only else ''}")
             continue
@@ -284,6 +293,41 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from protoseg.evaluate import evaluate_run
+
+    overrides = {path: value for path, value in (("data.root", args.root), ("eval.mode", args.mode),
+                                                 ("eval.scales", args.scales), ("eval.flip", args.flip))
+                 if value is not None}
+    try:
+        path, metrics = evaluate_run(args.run_dir, args.split, overrides)
+    except (ValueError, FileNotFoundError) as err:  # a bad setting, an unfinished run, data that does not read
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(_evaluation_lines(args.run_dir, path, metrics)))
+    return 0
+
+
+def _evaluation_lines(run_dir: Path, path: Path, metrics: dict) -> list[str]:
+    protocol = metrics["eval"]
+    lines = [f"{run_dir}: iteration {metrics['iteration']} on split {metrics['split']}"
+             f"{' of ' + str(metrics['data_root']) if metrics['data_root'] else ''}, {protocol['mode']}, "
+             f"scales {protocol['scales']}{', flip' if protocol['flip'] else ''}"]
+    width = max(map(len, metrics["per_class_iou"]), default=0)
+    lines += [f"  {name:<{width}}  IoU {_pct(iou)}  Acc {_pct(metrics['per_class_acc'][name])}"
+              for name, iou in metrics["per_class_iou"].items()]
+    if "prototypes_used" in metrics:
+        lines.append(f"prototype diversity {metrics['prototype_diversity']}, prototypes used "
+                     f"{metrics['prototypes_used']} of {metrics['prototypes_per_class']} per class")
+    lines += [f"aAcc {_pct(metrics['aAcc'])}  mAcc {_pct(metrics['mAcc'])}", f"wrote {path}",
+              f"mIoU {_pct(metrics['mIoU'])}"]
+    return lines
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report",
                                      epilog=EXIT_CODES)
@@ -300,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     run.add_argument("--force", action="store_true", help="rerun done cells (the old run is moved to .replaced/)")
     run.add_argument("--only", help="key.path=value[,...] or a run id prefix")
-    run.add_argument("--backend", choices=("local", "slurm", "ray"))
+    run.add_argument("--backend", choices=backends.NAMES)
     run.add_argument("--jobs", type=int, help="runs at once (local workers, Ray concurrent trials)")
     run.add_argument("--address", help="ray backend: an existing cluster ('auto' or ray://host:port)")
     run.add_argument("--profile", help="slurm: a cluster profile, slurm/profiles/NAME.yaml or a YAML path")
@@ -329,6 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="write the table to this file")
     rep.add_argument("--plots", help="also write PNG figures to this folder")
     rep.set_defaults(func=cmd_report)
+
+    ev = sub.add_parser("evaluate", help="score a finished run's final weights on a split, data root or protocol")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's folder (it has metrics.json)")
+    ev.add_argument("--split", help="split to score (default: the run's val split)")
+    ev.add_argument("--root", help="data root (default: the run's data.root)")
+    ev.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the run's eval.mode)")
+    ev.add_argument("--scales", type=float, nargs="+", help="multi-scale inference, e.g. 0.5 1.0 1.5")
+    ev.add_argument("--flip", action=argparse.BooleanOptionalAction, help="also sum the flipped image's logits")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -8,6 +8,7 @@ visible mark where it does not: never a made-up number).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,7 +24,12 @@ PAPER_FILE = Path(__file__).resolve().parents[1] / "results" / "paper" / "protos
 UNKNOWN = "n/a"  # the paper's number is not transcribed (see results/paper/)
 # Spec fields with a place of their own in the table; any other field that varies goes into the method label.
 PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "model.num_prototypes", "train.seed"}
-SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_total", "macs", "flops", "train_time_s")
+SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_total", "macs", "flops", "train_time_s",
+           "prototype_diversity", "prototypes_used")
+# Columns shown only where some run has them: {metric: (its column's name after the dataset, digits)}.
+# Besides these, one column per `harness evaluate` file name (its mIoU).
+DIAGNOSTICS = {"prototype_diversity": ("diversity", 3), "prototypes_used": ("protos used", 2)}
+EVAL_NAME = re.compile(r"eval-[A-Za-z0-9_-]+")  # protoseg/evaluate.py file_name()
 
 
 def _spec_columns(spec: dict, baseline: dict) -> dict:
@@ -48,9 +54,32 @@ def load_runs(sweep_dirs: list[Path]) -> pd.DataFrame:
                       f"`harness run` evaluates the run again", file=sys.stderr)
                 continue
             row = {"sweep": Path(sweep_dir).name, "run_id": entry.name,
-                   **{k: metrics.get(k) for k in SUMMARY}, **_spec_columns(metrics.get("spec", {}), baseline)}
+                   **{k: metrics.get(k) for k in SUMMARY}, **_spec_columns(metrics.get("spec", {}), baseline),
+                   **_eval_scores(entry.path)}
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _eval_scores(run_dir: str) -> dict:
+    """{'eval-test-whole': mIoU, ...} of a run's `harness evaluate` files; one that does not read is named."""
+    scores = {}
+    for entry in os.scandir(run_dir):
+        name = entry.name.removesuffix(".json")
+        if name == entry.name or not EVAL_NAME.fullmatch(name):
+            continue
+        metrics = read_json(Path(entry.path))
+        if metrics is None or "mIoU" not in metrics:
+            print(f"warning: {entry.path} is corrupt (not a whole evaluation file); left out of the table. "
+                  f"`harness evaluate` writes it again", file=sys.stderr)
+            continue
+        scores[name] = metrics["mIoU"]
+    return scores
+
+
+def extra_columns(frame: pd.DataFrame) -> list[str]:
+    """The diagnostics and evaluation-file columns that hold a value in some row, in table order."""
+    evals = sorted(c for c in frame.columns if EVAL_NAME.fullmatch(c))
+    return [c for c in [*DIAGNOSTICS, *evals] if c in frame.columns and frame[c].notna().any()]
 
 
 def _settings_text(frame: pd.DataFrame, columns: list[str], short: bool) -> pd.Series:
@@ -108,7 +137,8 @@ def aggregate(frame: pd.DataFrame, paper: list[dict] | None = None) -> pd.DataFr
     grouped = frame.groupby(keys, sort=False)
     out = grouped.agg(mIoU_mean=("mIoU", "mean"), mIoU_std=("mIoU", "std"), seeds=("mIoU", "size"),
                       params_learnable=("params_learnable", "first"), macs=("macs", "first"),
-                      head=("model.head", "first"), prototypes=("model.num_prototypes", "first")).reset_index()
+                      head=("model.head", "first"), prototypes=("model.num_prototypes", "first"),
+                      **{c: (c, "mean") for c in extra_columns(frame)}).reset_index()
     out["mIoU_std"] = out["mIoU_std"].fillna(0.0)
     same = ["model.backbone", "model.decoder", "data.dataset"]  # the parametric row a method is compared with
     base = out[out["head"] == "parametric"].set_index(same)["mIoU_mean"]
@@ -131,6 +161,7 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
     datasets = list(dict.fromkeys(agg["data.dataset"]))
     decoders = agg["model.decoder"].nunique() > 1
     pm = " $\\pm$ " if latex else " ± "
+    extra = {c: DIAGNOSTICS.get(c, (f"{c} mIoU", 1)) for c in extra_columns(agg)}
     rows, means = [], {d: [] for d in datasets}
     for (backbone, decoder, method), group in agg.groupby(["model.backbone", "model.decoder", "method"], sort=False):
         first = group.iloc[0]
@@ -140,6 +171,7 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
             cell = group[group["data.dataset"] == dataset]
             if cell.empty:
                 row.update({f"{dataset} mIoU": "", f"{dataset} gain": "", f"{dataset} paper": ""})
+                row.update({f"{dataset} {name}": "" for name, _ in extra.values()})
                 means[dataset].append(np.nan)
                 continue
             c = cell.iloc[0]
@@ -147,6 +179,7 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
             row[f"{dataset} mIoU"] = f"{c['mIoU_mean']:.1f}{spread}"
             row[f"{dataset} gain"] = _number(c["gain"], 1, signed=True)
             row[f"{dataset} paper"] = UNKNOWN if c["paper"] is None else f"{c['paper']:.1f}"
+            row.update({f"{dataset} {name}": _number(c[column], digits) for column, (name, digits) in extra.items()})
             means[dataset].append(c["mIoU_mean"])
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -190,4 +223,11 @@ def caption(frame: pd.DataFrame) -> str:
              f"#Params = learnable parameters; paper = {UNKNOWN} where results/paper/ has no number."]
     if iters:
         parts.append(f"Iterations: {', '.join(map(str, iters))}.")
+    extra = extra_columns(frame)
+    if any(c in DIAGNOSTICS for c in extra):
+        parts.append("diversity = mean cosine similarity between a class's prototypes (1 = collapsed); "
+                     "protos used = prototypes per class nearest to at least one validation pixel of it.")
+    if any(c not in DIAGNOSTICS for c in extra):
+        parts.append("eval-... mIoU = the final weights scored by harness evaluate (the name gives the split, "
+                     "the inference protocol and, for another data root, a hash of it).")
     return " ".join(parts)

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, complexity, config, distributed
+from . import checkpoint, complexity, config, diagnostics, distributed
 from .data import build_dataset
 from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
@@ -298,8 +298,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
                     "time": time.time()})
         if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done < iterations:
             result = run_eval()
-            evals.append({"iteration": done, "mIoU": result["mIoU"]})
-            log.info("iter %d eval mIoU %s", done, result["mIoU"])
+            evals.append(_eval_record(done, result))
+            log.info("iter %d eval mIoU %s%s", done, result["mIoU"], diagnostics.describe(result))
             tick = time.perf_counter()
         interrupted = distributed.any_rank(stop())
         if done % tcfg["checkpoint_interval"] == 0 or done == iterations or interrupted:
@@ -317,7 +317,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     metrics = {
         **result,
         **complexity.measure(model, size),
-        "evals": evals + [{"iteration": iterations, "mIoU": result["mIoU"]}],
+        "evals": evals + [_eval_record(iterations, result)],
         "history": history,
         "iterations": iterations,
         "num_classes": val_set.num_classes,
@@ -335,9 +335,15 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     if main:
         _save_predictions(model, val_set, spec, device, run_dir)
         atomic_write_json(run_dir / "metrics.json", metrics)
-        log.info("done: mIoU %s", metrics["mIoU"])
+        log.info("done: mIoU %s%s", metrics["mIoU"], diagnostics.describe(result))
     distributed.barrier()  # on every rank, returning means metrics.json is on disk
     return metrics
+
+
+def _eval_record(iteration: int, result: dict) -> dict:
+    """One entry of metrics.json's `evals`: the mIoU and, for a prototype head, the diagnostics' means."""
+    return {"iteration": iteration, "mIoU": result["mIoU"],
+            **{key: result[key] for key in diagnostics.EVAL_KEYS if key in result}}
 
 
 def _assign(spec: dict, pairs) -> dict:

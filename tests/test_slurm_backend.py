@@ -218,7 +218,8 @@ def test_a_killed_submitter_then_run_again_submits_nothing_twice(tmp_path, resul
 
 
 def test_a_raising_cell_is_failed_with_its_traceback_and_the_others_complete(tmp_path, results):
-    missing = tmp_path / "no-camvid-here"
+    missing = tmp_path / "empty-camvid"
+    missing.mkdir()
     path = experiment(tmp_path, "raises", axes={"model.head": ["parametric", "nonparametric"]},
                       include=[{"data.dataset": "camvid", "data.root": str(missing)}])
     store = Store(results, "raises")
@@ -229,7 +230,7 @@ def test_a_raising_cell_is_failed_with_its_traceback_and_the_others_complete(tmp
     failed = next(r for r, s in states.items() if s == "failed")
     trace = (store.run_dir(failed) / "error.txt").read_text()
     assert trace.startswith("Traceback (most recent call last)") and "FileNotFoundError" in trace
-    assert str(missing) in trace and f"failed {failed}" in proc.stdout
+    assert str(missing) in trace and f"failed {failed}" in proc.stderr
     shown = harness("status", "raises", results=results).stdout
     assert "failed" in shown and store.status(failed)["job_id"] in shown and ".slurm/" in shown
 

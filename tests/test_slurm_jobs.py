@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness import slurm_jobs
+from harness.backends import slurm_jobs
 from harness.store import Store, owner
 
 

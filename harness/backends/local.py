@@ -1,4 +1,4 @@
-"""Local backend: a pool of worker processes on this machine."""
+"""Local backend: a pool of worker processes on this machine (`harness.worker`)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,10 @@ import time
 
 from ..matrix import RunSpec
 from ..store import Store, owner
-from . import RunBar
+from . import RunBar, Setting
+
+SETTINGS: dict[str, Setting] = {}  # only the common ones: backend, jobs, stale_after
+DETACHED = False  # the workers die with the harness (PR_SET_PDEATHSIG)
 
 
 def cores() -> int:
@@ -39,12 +42,28 @@ def _stop_all(active: dict[str, subprocess.Popen], grace: float = 60.0) -> None:
             proc.kill()
 
 
-def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True) -> dict[str, str]:
-    jobs = max(1, min(executor.get("jobs") or cores(), len(runs) or 1))
-    threads = max(1, cores() // jobs)
-    stale_after = executor.get("stale_after", 120)
-    pending, active, final = list(runs), {}, {}
-    bar = RunBar(store, runs, f"{store.sweep} ({jobs} at a time, {threads} thread(s) each)", progress)
+class Pool:
+    """The runs to execute on this machine, `jobs` at a time; wait() launches and polls them."""
+
+    def __init__(self, store: Store, runs: list[RunSpec], executor: dict):
+        self.store, self.runs, self.stale_after = store, list(runs), executor.get("stale_after", 120)
+        self.jobs, self.threads = _sizes(len(self.runs), executor)
+
+
+def _sizes(count: int, executor: dict) -> tuple[int, int]:
+    """(runs at once, torch threads each)."""
+    jobs = max(1, min(executor.get("jobs") or cores(), count or 1))
+    return jobs, max(1, cores() // jobs)
+
+
+def submit(store: Store, runs: list[RunSpec], executor: dict) -> Pool:
+    return Pool(store, runs, executor)
+
+
+def wait(handle: Pool, progress: bool = True) -> dict[str, str]:
+    store, stale_after, jobs, threads = handle.store, handle.stale_after, handle.jobs, handle.threads
+    pending, active, final = list(handle.runs), {}, {}
+    bar = RunBar(store, handle.runs, f"{store.sweep} ({jobs} at a time, {threads} thread(s) each)", progress)
 
     def finish(rid: str, state: str) -> None:
         final[rid] = state
@@ -75,3 +94,21 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
     finally:
         bar.close()
     return final
+
+
+def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True) -> dict[str, str]:
+    return wait(submit(store, runs, executor), progress)
+
+
+def alive(claims: list[dict]) -> list[bool | None]:
+    return [None] * len(claims)  # the store judges a local worker by its pid and heartbeat
+
+
+def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
+    return [None] * len(claims)  # the worker obeys the cancel file; nothing is queued
+
+
+def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:
+    jobs, threads = _sizes(len(runs), executor)
+    return (f"local: {jobs} run(s) at a time on this machine ({cores()} cores), {threads} torch thread(s) each; "
+            f"a run without a heartbeat for {executor.get('stale_after', 120)} s counts as crashed")

@@ -16,10 +16,19 @@ from urllib.parse import urlparse
 
 from ..matrix import RunSpec
 from ..store import Store, owner, pid_alive, read_json
-from . import BackendUnavailable, claim_all
+from . import BackendUnavailable, Setting, claim_all, integer, number
 from .local import cores
 
 REPORT_EVERY_S = 5.0
+SETTINGS = {
+    "address": Setting(None, lambda v: v is None or isinstance(v, str), "null, 'auto' or ray://host:port",
+                       "None = a local Ray started and stopped by the harness; 'auto' or ray://..."),
+    "cpus_per_trial": Setting(1, number(), "a positive number"),
+    "gpus_per_trial": Setting(0, number(strict=False), "a number >= 0"),
+    "max_failures": Setting(2, integer(), "an integer >= 0",
+                            "Tune retries of a trial that died (it resumes from its checkpoint)"),
+}
+DETACHED = False  # each trial stops at a checkpoint when it sees its driver gone
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -100,36 +109,50 @@ def attempt(config: dict) -> None:
                 checkpoint=_pointer_checkpoint(run_dir, read_json(run_dir / "progress.json")))
 
 
-def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True, trainable=None) -> dict[str, str]:
-    """Run `runs` as trials of one new Tune experiment; `trainable` replaces `attempt` (tests)."""
+class Trials:
+    """The runs claimed for one new Tune experiment on a connected Ray; wait() runs it."""
+
+    def __init__(self, store: Store, claimed: list[RunSpec], final: dict[str, str], executor: dict, trainable):
+        self.store, self.claimed, self.final, self.executor, self.trainable = store, claimed, final, executor, trainable
+
+
+def submit(store: Store, runs: list[RunSpec], executor: dict, trainable=None) -> Trials:
+    """Claim the runs and start or join Ray; `trainable` replaces `attempt` (tests)."""
+    claimed, final = claim_all(store, runs, owner(backend="ray"), executor["stale_after"])
+    if claimed:
+        try:
+            print(connect(executor.get("address"), num_cpus=cores()), file=sys.stderr)
+        except BaseException:
+            for spec in claimed:
+                store.release(spec.run_id)
+            raise
+    return Trials(store, claimed, final, executor, trainable)
+
+
+def wait(handle: Trials, progress: bool = True) -> dict[str, str]:
+    """Run the claimed runs as trials of one new Tune experiment."""
+    store, claimed, final, executor = handle.store, handle.claimed, dict(handle.final), handle.executor
+    if not claimed:
+        return final
     import ray
     from ray import tune
 
     stale_after = executor["stale_after"]
-    claimed, final = claim_all(store, runs, owner(backend="ray"), stale_after)
-    if not claimed:
-        return final
     try:
-        print(connect(executor.get("address"), num_cpus=cores()), file=sys.stderr)
-    except BaseException:
-        for spec in claimed:
-            store.release(spec.run_id)
-        raise
-    cpus, gpus = executor["cpus_per_trial"], executor["gpus_per_trial"]
-    function = tune.with_resources(trainable or attempt, {"cpu": cpus, "gpu": gpus})
-    tuner = tune.Tuner(
-        function,
-        param_space={"threads": max(1, int(cpus)), "driver": owner(),
-                     "run": tune.grid_search([{"run_id": s.run_id, "run_dir": str(store.run_dir(s.run_id))}
-                                              for s in claimed])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=executor.get("jobs") or 0),
-        run_config=tune.RunConfig(
-            name=f"{store.sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(store.dir / ".ray"),  # absolute: trials run with another cwd
-            failure_config=tune.FailureConfig(max_failures=executor["max_failures"]),
-            verbose=1 if progress else 0),
-    )
-    try:
+        cpus, gpus = executor["cpus_per_trial"], executor["gpus_per_trial"]
+        function = tune.with_resources(handle.trainable or attempt, {"cpu": cpus, "gpu": gpus})
+        tuner = tune.Tuner(
+            function,
+            param_space={"threads": max(1, int(cpus)), "driver": owner(),
+                         "run": tune.grid_search([{"run_id": s.run_id, "run_dir": str(store.run_dir(s.run_id))}
+                                                  for s in claimed])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=executor.get("jobs") or 0),
+            run_config=tune.RunConfig(
+                name=f"{store.sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(store.dir / ".ray"),  # absolute: trials run with another cwd
+                failure_config=tune.FailureConfig(max_failures=executor["max_failures"]),
+                verbose=1 if progress else 0),
+        )
         grid = tuner.fit()
     finally:
         for spec in claimed:  # a trial that never started still holds the driver's claim
@@ -150,3 +173,24 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
             state = "failed"
         final[spec.run_id] = state
     return final
+
+
+def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True, trainable=None) -> dict[str, str]:
+    return wait(submit(store, runs, executor, trainable), progress)
+
+
+def alive(claims: list[dict]) -> list[bool | None]:
+    return [None] * len(claims)  # a trial's worker keeps a heartbeat; the store judges by it
+
+
+def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
+    return [None] * len(claims)  # trials obey the cancel file; a trial not started yet stops at once
+
+
+def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:
+    where = (f"the Ray cluster at {executor['address']}" if executor.get("address")
+             else f"a local Ray with {cores()} CPUs, started and stopped by the harness")
+    jobs = executor.get("jobs")
+    return (f"ray: {len(runs)} Tune trial(s) on {where}; each trial {executor['cpus_per_trial']} CPU(s), "
+            f"{executor['gpus_per_trial']} GPU(s); {jobs or 'as many as the resources allow'} at a time; "
+            f"a trial that dies is retried up to {executor['max_failures']} time(s) from its checkpoint")

@@ -17,14 +17,36 @@ import time
 import traceback
 from pathlib import Path
 
-from .. import slurm_jobs
 from ..matrix import RunSpec
 from ..store import Store, owner
 from ..worker import execute, store_of
-from . import BackendUnavailable, RunBar, claim_all
+from . import BackendUnavailable, RunBar, Setting, claim_all, integer, number, optional, slurm_jobs, text
 
 POLL_S = 2.0
 FINAL = ("done", "failed", "cancelled", "crashed")
+# a cluster's values belong in a profile: slurm/profiles/NAME.yaml, --profile NAME
+SETTINGS = {
+    **{key: Setting(None, text, "null or a non-empty string") for key in ("partition", "account", "qos")},
+    "timeout_min": Setting(1440, integer(1), "a positive whole number of minutes",
+                           "time limit per job; at its end the run checkpoints and is requeued"),
+    "cpus_per_task": Setting(None, optional(integer(1)), "null or a positive integer",
+                             "None = the cluster's default; torch uses this many threads"),
+    "gpus_per_task": Setting(0, integer(), "an integer >= 0"),
+    "tasks_per_node": Setting(1, integer(1), "a positive integer", "> 1: one DDP process per task (and per GPU)"),
+    "mem_gb": Setting(None, optional(number()), "null or a positive number of GB"),
+    "constraint": Setting(None, text, "null or a non-empty string"),
+    "setup": Setting([], lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                     "a list of shell lines", "run before the job (module load ..., source venv)"),
+    "sbatch": Setting({}, lambda v: isinstance(v, dict), "a mapping of sbatch flag to value",
+                      "any other sbatch flag, e.g. {exclude: node12, mail-type: END}"),
+    "max_timeouts": Setting(3, integer(), "an integer >= 0",
+                            "requeues after a time-out before the run is marked failed"),
+    "signal_delay_s": Setting(120, integer(1), "a positive whole number of seconds",
+                              "USR2 this long before the limit: must cover an iteration + an eval + a checkpoint"),
+    "wait": Setting(True, lambda v: isinstance(v, bool), "true or false",
+                    "wait for the jobs with a progress bar; false: submit and return"),
+}
+DETACHED = True  # the jobs run on when the submitting harness stops
 
 
 def job_name(store: Store) -> str:
@@ -166,12 +188,19 @@ def _explain_crashes(store: Store, crashed: dict[str, str]) -> None:
                                                   f"the run finished; run the same command again to resume it")
 
 
-def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True) -> dict[str, str]:
-    stale_after = executor["stale_after"]
+class Submitted:
+    """Runs handed to SLURM jobs: {run id: job id} of the claimed ones, the others' reasons."""
+
+    def __init__(self, store: Store, runs: list[RunSpec], ids: dict[str, str], final: dict[str, str], executor: dict):
+        self.store, self.runs, self.ids, self.final, self.executor = store, runs, ids, final, executor
+
+
+def submit(store: Store, runs: list[RunSpec], executor: dict) -> Submitted:
+    """Claim the runs, sbatch them as one array, hand each claim to its job."""
     me = owner(backend="slurm")
-    claimed, final = claim_all(store, runs, me, stale_after)
+    claimed, final = claim_all(store, runs, me, executor["stale_after"])
     if not claimed:
-        return final
+        return Submitted(store, [], {}, final, executor)
     # no Ctrl-C between sbatch and the job ids in the store: the jobs would exist unrecorded
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
@@ -186,21 +215,51 @@ def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True
                               backend="slurm", log=str(job.paths.stderr), submitted=time.time())
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    ids = {spec.run_id: job.job_id for spec, job in zip(claimed, jobs)}
     first = jobs[0].job_id.split("_")[0]
     at_once = f", {executor['jobs']} at a time" if executor["jobs"] else ""
     print(f"submitted {len(jobs)} run(s) to SLURM as job {first}{' (array' + at_once + ')' if len(jobs) > 1 else ''}; "
           f"logs in {store.dir / '.slurm'}", file=sys.stderr)
-    if not executor["wait"]:
+    return Submitted(store, claimed, {spec.run_id: job.job_id for spec, job in zip(claimed, jobs)}, final, executor)
+
+
+def wait(handle: Submitted, progress: bool = True) -> dict[str, str]:
+    """Follow the jobs until each run ends; with executor.wait false, return at once ("queued")."""
+    store, final = handle.store, dict(handle.final)
+    if not handle.ids:
+        return final
+    if not handle.executor["wait"]:
         print(f"not waiting (executor.wait: false); follow with `harness status {store.sweep} --watch`",
               file=sys.stderr)
-        return {**final, **{rid: "queued" for rid in ids}}
+        return {**final, **{rid: "queued" for rid in handle.ids}}
     try:
-        return {**final, **_wait(store, claimed, ids, stale_after, progress)}
+        return {**final, **_wait(store, handle.runs, handle.ids, handle.executor["stale_after"], progress)}
     except KeyboardInterrupt:
         print(f"\nstopped waiting; the jobs keep running on SLURM. Follow them with `harness status "
               f"{store.sweep} --watch`, stop them with `harness cancel {store.sweep}`", file=sys.stderr)
         raise
+
+
+def run(store: Store, runs: list[RunSpec], executor: dict, progress: bool = True) -> dict[str, str]:
+    return wait(submit(store, runs, executor), progress)
+
+
+def alive(claims: list[dict]) -> list[bool | None]:
+    """A claim with a job id lives as long as squeue lists its job (one squeue call for all)."""
+    return slurm_jobs.alive_many(claim.get("job_id") for claim in claims)
+
+
+def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
+    """scancel the claims' jobs (`pending_only`: only those still in the queue), in one call."""
+    jobs = [claim.get("job_id") for claim in claims]
+    slurm_jobs.cancel(jobs, pending_only=pending_only)
+    return [f"SLURM job {job} scancelled" if job else None for job in jobs]
+
+
+def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:
+    try:
+        return "the sbatch file:\n" + sbatch_script(executor, store.dir / ".slurm", len(runs), job_name(store))
+    except BackendUnavailable as err:
+        return f"(no sbatch file: {err})"
 
 
 def _wait(store: Store, runs: list[RunSpec], ids: dict[str, str], stale_after: float, progress: bool) -> dict:
@@ -216,6 +275,10 @@ def _wait(store: Store, runs: list[RunSpec], ids: dict[str, str], stale_after: f
                 time.sleep(10 * POLL_S)
                 continue
             states = {rid: store.state(rid, stale_after) for rid in open_}
+            for rid, state in states.items():
+                if state == "crashed" and store.cancel_path(rid).exists():  # scancelled by `harness cancel`
+                    store.record_cancelled(rid)
+                    states[rid] = "cancelled"
             crashed = {rid: ids[rid] for rid, s in states.items() if s == "crashed"}
             if crashed:
                 _explain_crashes(store, crashed)

@@ -16,7 +16,8 @@ class ParametricHead(nn.Module):
         super().__init__()
         self.classifier = nn.Conv2d(in_channels, num_classes, 1)
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor | None = None, winners: bool = False) -> dict:
+        """`winners` asks for prototype diagnostics: this head has no prototypes and adds nothing."""
         return {"seg": self.classifier(feats)}
 
 
@@ -47,13 +48,17 @@ class PrototypeHead(nn.Module):
         x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
         return F.normalize(self.feat_norm(x), p=2, dim=-1)
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor | None = None, winners: bool = False) -> dict:
+        """{'seg': (B, K, h, w) class scores}; given labels, the prototype step's outputs too; with
+        `winners`, also 'winners': (B, K, h, w) index of each class's nearest prototype (diagnostics only)."""
         b, _, h, w = feats.shape
         k, m = self.num_classes, self.num_prototypes
         emb = self.embed(feats)
         sim = emb @ self.prototypes.reshape(k * m, -1).t()          # (N, K*M)
         scores = self.mask_norm(sim.reshape(-1, k, m).amax(dim=2))  # (N, K)
         out = {"seg": scores.reshape(b, h, w, k).permute(0, 3, 1, 2)}
+        if winners:
+            out["winners"] = sim.reshape(b, h, w, k, m).argmax(dim=-1).permute(0, 3, 1, 2)
         if labels is not None:
             target = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest").reshape(-1).long()
             target = torch.where(target < k, target, -1)  # 255 (and anything out of range) -> ignore

@@ -17,10 +17,11 @@ class Segmentor(nn.Module):
         self.head = build_head(model_cfg, self.decoder.out_channels, num_classes)
         self.num_classes = num_classes
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, winners: bool = False) -> dict:
         """Returns {'seg': (B, K, H/4, W/4) logits} and, given labels in
-        training, the prototype head's 'proto_logits' and 'proto_target'."""
-        return self.head(self.decoder(self.backbone(images)), labels)
+        training, the prototype head's 'proto_logits' and 'proto_target';
+        with `winners`, the prototype head's nearest prototype per class."""
+        return self.head(self.decoder(self.backbone(images)), labels, winners)
 
 
 def build_model(model_cfg: dict, num_classes: int) -> Segmentor:

@@ -15,6 +15,10 @@ engine directly.
 (b) runs --overhead-runs tiny runs (tiny_spec, 3 iterations) once as
     sequential `python -m protoseg.engine` subprocesses and once through
     `harness run --jobs 1`, and prints the harness's overhead per run.
+(c) plans a matrix of --plan-cells cells (10 values on each of 5 axes):
+    `harness run --dry-run` as a subprocess, wall time and peak memory
+    (target < 5 s), and `harness run --only` selecting one cell, which must
+    create one run folder and no other.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from conftest import tiny_spec  # noqa: E402
 
+PLAN_TARGET_S = 5.0
 REPORT_TARGET_S = 3.0
 STATUS_TARGET_S = 1.0
 
@@ -294,6 +299,50 @@ def bench_overhead(args, workdir: Path) -> None:
         print(f"  worker: started -> finished (engine + its imports) median {statistics.median(gaps):.2f} s/run")
 
 
+# ---- (c) planning a huge matrix ------------------------------------------------------------------
+
+def bench_plan(args, workdir: Path) -> None:
+    import resource
+
+    axes = {"model.num_prototypes": list(range(1, 11)), "train.seed": list(range(10)),
+            "train.lr": [round(0.01 * i, 2) for i in range(1, 11)],
+            "model.gamma": [round(0.9 + 0.01 * i, 2) for i in range(10)],
+            "train.iterations": list(range(1, 11)), "data.synthetic.seed": list(range(10))}
+    cells = 1
+    for name in list(axes):
+        if cells * len(axes[name]) > args.plan_cells:
+            axes.pop(name)
+        else:
+            cells *= len(axes[name])
+    print(f"\n(c) planning a matrix of {cells} cells ({' x '.join(str(len(v)) for v in axes.values())})")
+    base = tiny_spec()
+    base["train"].update(iterations=1, keep_checkpoints=1)
+    experiment = workdir / "huge.yaml"
+    experiment.write_text(yaml.safe_dump({"sweep": "huge", "base": base, "matrix": axes,
+                                          "executor": {"backend": "local", "jobs": 1}}))
+    results = workdir / "plan"
+
+    def dry_run():
+        return cli("run", experiment, "--dry-run", results=results)
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t_plan = time_once(dry_run)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    verdict = "ok" if t_plan < PLAN_TARGET_S else "MISSED"
+    print(f"  `harness run --dry-run`: {t_plan:.2f} s wall (target < {PLAN_TARGET_S:.0f} s: {verdict}), "
+          f"peak RSS {peak / 1024:.0f} MiB" + ("" if peak > before else " (at most; an earlier child peaked higher)"))
+    if args.profile:
+        from harness import matrix
+
+        profile(lambda: matrix.load(experiment), "matrix.load")
+    first = next(iter(axes))
+    only = ",".join(f"{name}={values[1]}" for name, values in axes.items())
+    t_only = time_once(lambda: cli("run", experiment, "--only", only, results=results))
+    folders = [p for p in (results / "huge").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    print(f"  `harness run --only {only}` (plans {cells} cells, trains one for 1 iteration): {t_only:.2f} s wall; "
+          f"run folders created: {len(folders)}")
+
+
 def time_once(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -307,6 +356,8 @@ def main() -> None:
     parser.add_argument("--overhead-runs", type=int, default=4)
     parser.add_argument("--skip-report", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--plan-cells", type=int, default=100_000)
+    parser.add_argument("--skip-plan", action="store_true")
     parser.add_argument("--profile", action="store_true", help="profile even when the targets are met")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), load average "
@@ -317,6 +368,8 @@ def main() -> None:
             bench_report_status(args, workdir)
         if not args.skip_overhead:
             bench_overhead(args, workdir)
+        if not args.skip_plan:
+            bench_plan(args, workdir)
 
 
 if __name__ == "__main__":

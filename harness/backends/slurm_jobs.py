@@ -1,6 +1,6 @@
 """What SLURM says about job ids: squeue for the live ones, sacct for how the
-others ended, scancel. Used by the run store (is a SLURM claim's job still
-alive?), the SLURM backend and `harness cancel`; needs no submitit.
+others ended, scancel. Used by the SLURM backend (for the run store: is a
+SLURM claim's job still alive? for `harness cancel`: scancel); needs no submitit.
 
 A job id is submitit's: "123" for a single job, "123_4" for an array task.
 """
@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import time
 
+from . import BackendUnavailable
+
 # squeue lists finished jobs for a while (MinJobAge) in one of these states
 TERMINAL = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
             "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"}
@@ -18,7 +20,7 @@ CACHE_S = 3.0
 _cache: dict[str, tuple[float, str | None]] = {}  # job id -> (when asked, squeue state or None = not listed)
 
 
-class SlurmUnavailable(RuntimeError):
+class SlurmUnavailable(BackendUnavailable):
     """No SLURM client here, or its controller does not answer."""
 
 
@@ -63,19 +65,28 @@ def prefetch(job_ids) -> None:
         _cache[job] = (now, states.get(job))
 
 
+def alive_many(job_ids) -> list[bool | None]:
+    """`alive` of each job (None for no id), with at most one squeue call for the
+    ids not asked in the last CACHE_S seconds."""
+    ids = [str(j) if j else None for j in job_ids]
+    now = time.monotonic()
+    ask = sorted({j for j in ids if j and (j not in _cache or now - _cache[j][0] > CACHE_S)})
+    unknown: set[str] = set()
+    if ask:
+        if shutil.which("squeue") is None:
+            unknown = set(ask)
+        else:
+            with contextlib.suppress(SlurmUnavailable):
+                prefetch(ask)
+    return [None if j is None or j in unknown else (_cache[j][1] is not None and _cache[j][1] not in TERMINAL)
+            for j in ids]
+
+
 def alive(job_id: str) -> bool | None:
     """True while the job is pending, running or requeued. None when there is no SLURM
     client here (the caller falls back to heartbeats). When squeue does not answer,
     True: a job that cannot be seen is not taken for dead (it would be submitted twice)."""
-    job_id = str(job_id)
-    hit = _cache.get(job_id)
-    if hit is None or time.monotonic() - hit[0] > CACHE_S:
-        if shutil.which("squeue") is None:
-            return None
-        with contextlib.suppress(SlurmUnavailable):
-            prefetch([job_id])
-        hit = _cache[job_id]
-    return hit[1] is not None and hit[1] not in TERMINAL
+    return alive_many([job_id])[0]
 
 
 def end_states(job_ids) -> dict[str, str]:
