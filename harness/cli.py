@@ -1,4 +1,4 @@
-"""`harness run | status | cancel | report` over a results folder."""
+"""`harness run | status | cancel | report | evaluate` over a results folder."""
 from __future__ import annotations
 
 import argparse
@@ -329,7 +329,7 @@ def _pct(value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report",
+    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report, evaluate",
                                      epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -12,7 +12,6 @@ The rule (tests/test_identity.py holds it):
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 

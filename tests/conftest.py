@@ -90,3 +90,32 @@ def slurm_cluster():
         else:
             os.environ["SLURM_CONF"] = before
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def wait_for_file(proc: subprocess.Popen, path: Path, timeout: float = 120) -> None:
+    """Wait until `path` exists while `proc` runs (e.g. a run's first checkpoint)."""
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, f"the process ended before {path.name} appeared"
+        time.sleep(0.05)
+
+
+def kill_at(proc: subprocess.Popen, checkpoint: Path, timeout: float = 120) -> None:
+    """SIGKILL `proc` as soon as `checkpoint` exists (a real kill mid-run)."""
+    import signal
+
+    wait_for_file(proc, checkpoint, timeout)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def fake_srun(tmp_path, monkeypatch):
+    """An `srun` on PATH: submitit renders an sbatch file only where one exists."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")

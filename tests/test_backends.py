@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,8 @@ from conftest import ROOT
 from harness import backends, matrix
 from harness.matrix import RunSpec
 from harness.store import Store, owner
+
+pytestmark = pytest.mark.usefixtures("fake_srun")
 
 METHODS = [name for name, value in vars(backends.Backend).items() if inspect.isfunction(value)
            and not name.startswith("_")]
@@ -26,14 +27,6 @@ def other_key(name: str) -> tuple[str, str] | None:
                  for other in backends.NAMES if other != name and backends.get(other).SETTINGS), None)
 
 
-@pytest.fixture(autouse=True)
-def srun_on_path(tmp_path, monkeypatch):
-    """submitit renders an sbatch file only where `srun` exists (the SLURM describe)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
 
 
 def test_the_interface_is_what_the_registry_test_checks():

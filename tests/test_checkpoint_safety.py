@@ -4,10 +4,8 @@ import os
 import pickle
 import random
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, kill_at, tiny_spec
 from protoseg import checkpoint
 
 
@@ -44,12 +42,7 @@ def test_a_planted_checkpoint_runs_no_code_and_the_run_resumes_exactly(tmp_path)
     run = tmp_path / "run"
     proc = subprocess.Popen(_engine(spec_file, run), env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "iter_00000002.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at(proc, run / "checkpoints" / "iter_00000002.pt")
     marker = tmp_path / "marker"
     planted = Planted(f"touch {shlex.quote(str(marker))}")
     torch.save({"model": planted}, run / "checkpoints" / "iter_99999999.pt")  # a torch.save file

@@ -1,17 +1,15 @@
 """One run end to end: metrics, checkpoints, exact resume after a real kill."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, kill_at, tiny_spec
 from protoseg import checkpoint, engine
 
 
@@ -93,12 +91,7 @@ def test_killed_subprocess_resumes_to_the_same_weights_and_metrics(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_engine_cmd(spec_file, killed), env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "iter_00000006.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at(proc, killed / "checkpoints" / "iter_00000006.pt")
     assert not (killed / "metrics.json").exists()
     done = subprocess.run(_engine_cmd(spec_file, killed), env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

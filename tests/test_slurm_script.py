@@ -13,16 +13,11 @@ from conftest import ROOT
 from harness import matrix
 from harness.backends import slurm
 
+pytestmark = pytest.mark.usefixtures("fake_srun")
+
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_example_gpu.sh"
 
 
-@pytest.fixture(autouse=True)
-def srun_on_path(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
 
 
 def executor(tmp_path, profile=None, **given) -> dict:

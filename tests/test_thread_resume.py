@@ -3,13 +3,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, tiny_spec
+from conftest import ROOT, kill_at, tiny_spec, wait_for_file
 from harness.store import Store
 from protoseg import checkpoint
 
@@ -26,14 +25,9 @@ def _worker(run_dir: Path, threads: int) -> list[str]:
     return [sys.executable, "-m", "harness.worker", str(run_dir), "--threads", str(threads)]
 
 
-def _start_until_checkpoint(run_dir: Path, threads: int) -> subprocess.Popen:
-    proc = subprocess.Popen(_worker(run_dir, threads), cwd=ROOT, stdout=subprocess.DEVNULL,
+def _start(run_dir: Path, threads: int) -> subprocess.Popen:
+    return subprocess.Popen(_worker(run_dir, threads), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoints" / "iter_00000002.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    return proc
 
 
 @pytest.mark.slow
@@ -43,9 +37,7 @@ def test_a_run_killed_and_resumed_with_two_threads_ends_as_one_with_one(tmp_path
     subprocess.run(_worker(whole, 1), cwd=ROOT, check=True, timeout=300, stdin=subprocess.DEVNULL,
                    capture_output=True)
 
-    proc = _start_until_checkpoint(killed, 1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at(_start(killed, 1), killed / "checkpoints" / "iter_00000002.pt")
     assert not (killed / "metrics.json").exists()
     resumed = subprocess.run(_worker(killed, 2), cwd=ROOT, timeout=300, stdin=subprocess.DEVNULL,
                              capture_output=True, text=True)
@@ -63,7 +55,8 @@ def test_a_run_killed_and_resumed_with_two_threads_ends_as_one_with_one(tmp_path
 @pytest.mark.slow
 def test_sighup_stops_the_worker_at_a_checkpoint(tmp_path):
     run_dir = _prepared(tmp_path / "results", "hup", iterations=200)
-    proc = _start_until_checkpoint(run_dir, 1)
+    proc = _start(run_dir, 1)
+    wait_for_file(proc, run_dir / "checkpoints" / "iter_00000002.pt")
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(120) == 143
     status = json.loads((run_dir / "status.json").read_text())
