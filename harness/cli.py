@@ -22,11 +22,10 @@ def _sweep_name(target: str) -> str:
     """A sweep name from an experiment file (its `sweep:` key, else its stem) or the name itself."""
     path = Path(target)
     if path.suffix in (".yaml", ".yml"):
-        doc = read_yaml(path, "experiment file", MatrixError) or {}
-        name = (doc.get("sweep") if isinstance(doc, dict) else None) or path.stem
-        if not isinstance(name, str) or not SWEEP_NAME.match(name):
-            raise MatrixError(f"{path}: sweep name {name!r} must be letters, digits, '-' or '_'")
-        return name
+        from .matrix import sweep_name
+
+        doc = read_yaml(path, "experiment file", MatrixError)
+        return sweep_name(doc if isinstance(doc, dict) else {}, str(path))
     return target
 
 
@@ -101,8 +100,8 @@ def cmd_run(args) -> int:
     if args.address:
         overrides.append(("executor.address", args.address))
     store = Store(args.results, _sweep_name(args.file))
-    sweep = matrix.load(args.file, overrides, args.profile, select=_selector(args.only),
-                        spec_version=store.spec_version())
+    planned_at = store.spec_version()
+    sweep = matrix.load(args.file, overrides, args.profile, select=_selector(args.only), spec_version=planned_at)
     runs = sweep.runs
     if not runs:
         raise MatrixError(f"{args.file}: --only {args.only!r} matches none of its {sweep.cells} cells; nothing done")
@@ -125,7 +124,7 @@ def cmd_run(args) -> int:
         return 0
     check_locking(store.dir)
     store.record_sweep(args.file, matrix.git_commit(), sweep.executor, [r.run_id for r in runs],
-                       store.spec_version() or config.SPEC_VERSION)
+                       planned_at or config.SPEC_VERSION)
     for spec, action in plan:
         if action == "rerun":  # keep the old result: move it aside, never delete it
             aside = store.dir / ".replaced" / f"{spec.run_id}-{int(time.time())}"
@@ -155,16 +154,18 @@ def cmd_run(args) -> int:
     if not frame.empty:
         agg = report.aggregate(frame)
         print("\n" + report.render(agg, "md", report.caption(frame)))
-    return _outcome(store, runs, stale_after)
+    return _outcome(store, plan, final)
 
 
-def _outcome(store: Store, runs, stale_after: float) -> int:
-    """Exit code 1 and one line per cell when a selected cell failed, crashed or is corrupt; else 0."""
-    bad = [(spec, state) for spec in runs if (state := store.state(spec.run_id, stale_after))
-           in ("failed", "crashed", "corrupt")]
+def _outcome(store: Store, plan, final: dict[str, str]) -> int:
+    """Exit code 1 and one line per cell when a selected cell failed, crashed or is corrupt (the runs'
+    final states, and the failed ones the plan skipped); else 0."""
+    bad = [(spec, "failed" if action.startswith("skip (failed") else final.get(spec.run_id))
+           for spec, action in plan]
+    bad = [(spec, state) for spec, state in bad if state in ("failed", "crashed", "corrupt")]
     if not bad:
         return 0
-    print(f"\n{len(bad)} of {len(runs)} selected cell(s) failed or crashed:", file=sys.stderr)
+    print(f"\n{len(bad)} of {len(plan)} selected cell(s) failed or crashed:", file=sys.stderr)
     for spec, state in bad:
         status = store.status(spec.run_id)
         where = f"  (traceback: {store.run_dir(spec.run_id) / 'error.txt'})" if state == "failed" else ""

@@ -73,11 +73,7 @@ class Hasher:
             name = self.name[path]
             if self.section[path] != section or not self._hashed(name, value):
                 continue
-            *parents, leaf = name.split(".")[1:]
-            node = nested
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+            config.set_path(nested, name.split(".", 1)[1], value)
         return json.dumps(nested, sort_keys=True, separators=(",", ":")) if nested or section in _V1_SECTIONS \
             else ""
 

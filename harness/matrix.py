@@ -30,6 +30,7 @@ from protoseg.io import read_yaml
 from protoseg.registry import NEEDS_ROOT
 
 from .identity import PROTOTYPE_ONLY, Hasher
+from .store import StoreError, check_sweep_name
 
 TOP_KEYS = ("sweep", "description", "base", "presets", "matrix", "include", "exclude", "executor")
 
@@ -61,11 +62,7 @@ class RunSpec:
         """A fresh copy of the resolved spec."""
         spec = copy.deepcopy(self._base)
         for path, value in self._delta.items():
-            *parents, leaf = path.split(".")
-            node = spec
-            for part in parents:
-                node = node[part]
-            node[leaf] = copy.deepcopy(value)
+            config.set_path(spec, path, copy.deepcopy(value))
         return spec
 
 
@@ -109,10 +106,7 @@ def _check_path(dotted: str, source: str, where: str) -> str:
 
 def _set_path(spec: dict, dotted: str, value, source: str, where: str) -> None:
     """spec[a][b] = value for 'a.b', checking that the path exists in the run spec schema."""
-    *parents, leaf = _check_path(dotted, source, where).split(".")
-    for part in parents:
-        spec = spec.setdefault(part, {})
-    spec[leaf] = copy.deepcopy(value)
+    config.set_path(spec, _check_path(dotted, source, where), copy.deepcopy(value))
 
 
 def _matches(cell: dict, pattern: dict) -> bool:
@@ -206,9 +200,7 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
             raise MatrixError(f"{source}: unknown top-level key '{key}'{_close(str(key), TOP_KEYS)}; "
                               f"valid: {', '.join(TOP_KEYS)}")
     _apply_overrides(doc, overrides, source)
-    name = doc.get("sweep") or Path(source).stem
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise MatrixError(f"{source}: sweep name {name!r} must be letters, digits, '-' or '_'")
+    name = sweep_name(doc, source)
     presets = doc.get("presets") or {}
     if not isinstance(presets, dict):
         raise MatrixError(f"{source}: 'presets' must map preset names to mappings of spec paths")
@@ -275,6 +267,15 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
     for extra in doc.get("include") or []:
         axes += [k for k in extra if k not in axes]
     return Sweep(name, source, list(runs.values()), executor, axes, doc.get("description", ""), len(seen))
+
+
+def sweep_name(doc: dict, source: str) -> str:
+    """The experiment's `sweep:` key, else its file's stem; a folder directly under --results."""
+    name = doc.get("sweep") or Path(source).stem
+    try:
+        return check_sweep_name(name, f"{source}: sweep name")
+    except StoreError as err:
+        raise MatrixError(str(err)) from None
 
 
 def _where(cell: dict) -> str:

@@ -269,10 +269,10 @@ def check_spec(fields: Mapping[str, Any], source: str = "<spec>") -> None:
         raise SpecError(f"{source}: 'data.root' is not set; data.dataset {dataset!r} needs the folder that holds it")
 
 
-def resolve(spec: dict | None = None, source: str = "<spec>", defaults: dict | None = None) -> dict:
+def resolve(spec: dict | None = None, source: str = "<spec>") -> dict:
     """Return a full copy of `spec` with every default filled in; raise SpecError when invalid.
     Old key names are moved to their new place (with a notice)."""
-    resolved = _merge(defaults or DEFAULTS, rename_keys(spec or {}, source), "", source)
+    resolved = _merge(DEFAULTS, rename_keys(spec or {}, source), "", source)
     check_spec(flatten(resolved), source)
     return resolved
 
@@ -311,10 +311,7 @@ def rename_keys(spec: dict, source: str = "<spec>") -> dict:
         return spec
     out: dict = {}
     for path, value in flatten(spec).items():
-        node, (*parents, leaf) = out, new_name(path, source).split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_path(out, new_name(path, source), value)
     return out
 
 
@@ -342,11 +339,7 @@ def baseline() -> dict:
     """DEFAULTS with every changed default at its first value: what a key meant when it was added."""
     spec = copy.deepcopy(DEFAULTS)
     for path, value in changed_defaults(0).items():
-        *parents, leaf = path.split(".")
-        node = spec
-        for part in parents:
-            node = node[part]
-        node[leaf] = copy.deepcopy(value)
+        set_path(spec, path, copy.deepcopy(value))
     return spec
 
 
@@ -359,6 +352,16 @@ def parse_assignments(items: list[str], error: type[Exception] = SpecError) -> l
             raise error(f"--set {item!r}: expected key.path=value, e.g. model.head=parametric")
         out.append((key.strip(), load_yaml(value)))
     return out
+
+
+def set_path(spec: dict, dotted: str, value) -> dict:
+    """spec['a']['b'] = value for 'a.b', making the sections that are missing; returns spec."""
+    *parents, leaf = dotted.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return spec
 
 
 _MISSING = object()

@@ -346,17 +346,6 @@ def _eval_record(iteration: int, result: dict) -> dict:
             **{key: result[key] for key in diagnostics.EVAL_KEYS if key in result}}
 
 
-def _assign(spec: dict, pairs) -> dict:
-    """Set each dotted path of `pairs` in the nested dict `spec`."""
-    for path, value in pairs:
-        node = spec
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return spec
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m protoseg.engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -370,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(handlers=[console], format="%(levelname)s %(message)s")
     try:
         raw = (read_yaml(args.spec, "spec file", config.SpecError) or {}) if args.spec else {}
-        spec = config.resolve(_assign(raw, config.parse_assignments(args.set)), source=args.spec or "--set")
+        for path, value in config.parse_assignments(args.set):
+            config.set_path(raw, path, value)
+        spec = config.resolve(raw, source=args.spec or "--set")
     except config.SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

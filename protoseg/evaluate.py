@@ -95,8 +95,7 @@ def _spec(spec: dict, overrides: dict, source: Path) -> dict:
         if path not in SETTINGS:
             raise EvaluationError(f"{path!r} cannot change for an evaluation of a trained run; "
                                   f"valid: {', '.join(SETTINGS)}")
-        section, key = path.split(".")
-        spec[section][key] = value
+        config.set_path(spec, path, value)
     if "data.root" in overrides and spec["data"]["dataset"] not in NEEDS_ROOT:
         raise EvaluationError(f"data.root: data.dataset {spec['data']['dataset']!r} is not read from a folder; "
                               f"a data root applies to: {', '.join(NEEDS_ROOT)}")
