@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import difflib
 import itertools
 import subprocess
 from dataclasses import dataclass
@@ -82,10 +81,6 @@ def settings_text(settings: dict) -> str:
     return " ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
 
 
-def _close(word: str, valid) -> str:
-    match = difflib.get_close_matches(word, list(valid), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
 
 def _check_path(dotted: str, source: str, where: str) -> str:
     """The current name of a spec path (renamed ones with a notice); MatrixError when unknown."""
@@ -95,7 +90,7 @@ def _check_path(dotted: str, source: str, where: str) -> str:
         if not isinstance(schema, dict) or part not in schema:
             valid = list(schema) if isinstance(schema, dict) else []
             raise MatrixError(f"{source}: {where}: unknown spec path '{dotted}'"
-                              f"{_close(part, valid)}; valid at '{'.'.join(parts[:i]) or 'top'}': "
+                              f"{config.did_you_mean(part, valid)}; valid at '{'.'.join(parts[:i]) or 'top'}': "
                               f"{', '.join(valid)}")
         schema = schema[part]
     if isinstance(schema, dict):
@@ -127,7 +122,8 @@ def _cells(doc: dict, source: str) -> list[dict]:
             raise MatrixError(f"{source}: exclude[{i}] must be a mapping of axis values")
         for key in pattern:
             if key not in matrix:  # a typo here would silently exclude nothing
-                raise MatrixError(f"{source}: exclude[{i}]: '{key}' is not a matrix axis{_close(str(key), keys)}; "
+                raise MatrixError(f"{source}: exclude[{i}]: '{key}' is not a matrix axis"
+                                  f"{config.did_you_mean(str(key), keys)}; "
                                   f"axes: {', '.join(keys)}")
         cells = [c for c in cells if not _matches(c, pattern)]
     for i, extra in enumerate(doc.get("include") or []):
@@ -197,7 +193,7 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
     doc = copy.deepcopy(doc)
     for key in doc:
         if key not in TOP_KEYS:
-            raise MatrixError(f"{source}: unknown top-level key '{key}'{_close(str(key), TOP_KEYS)}; "
+            raise MatrixError(f"{source}: unknown top-level key '{key}'{config.did_you_mean(str(key), TOP_KEYS)}; "
                               f"valid: {', '.join(TOP_KEYS)}")
     _apply_overrides(doc, overrides, source)
     name = sweep_name(doc, source)
@@ -238,7 +234,7 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
                     delta[path] = value
                 elif value not in presets:
                     raise MatrixError(f"{source}: {_where(cell)}: unknown preset {value!r}"
-                                      f"{_close(str(value), presets)}; "
+                                      f"{config.did_you_mean(str(value), presets)}; "
                                       f"valid: {', '.join(presets) or '(none defined under presets:)'}")
                 else:
                     for preset_key, preset_value in presets[value].items():

@@ -189,7 +189,8 @@ class SpecError(ValueError):
     """An invalid run spec: the message names the source, the key and what is valid."""
 
 
-def _did_you_mean(key: str, valid) -> str:
+def did_you_mean(key: str, valid) -> str:
+    """' (did you mean 'x'?)' for the closest of `valid`, or ''."""
     close = difflib.get_close_matches(key, list(valid), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -201,7 +202,7 @@ def _merge(default: dict, given: dict, path: str, source: str) -> dict:
     for key, value in given.items():
         full = f"{path}.{key}" if path else str(key)
         if key not in default:
-            raise SpecError(f"{source}: unknown key '{full}'{_did_you_mean(str(key), default)}; "
+            raise SpecError(f"{source}: unknown key '{full}'{did_you_mean(str(key), default)}; "
                             f"valid keys: {', '.join(default)}")
         if isinstance(default[key], dict):
             out[key] = _merge(default[key], value, full, source)
@@ -212,7 +213,7 @@ def _merge(default: dict, given: dict, path: str, source: str) -> dict:
 
 def _check_value(full: str, default, value, source: str):
     if full in CHOICES and value not in CHOICES[full]:
-        raise SpecError(f"{source}: '{full}' is {value!r}{_did_you_mean(str(value), CHOICES[full])}; "
+        raise SpecError(f"{source}: '{full}' is {value!r}{did_you_mean(str(value), CHOICES[full])}; "
                         f"valid: {', '.join(map(str, CHOICES[full]))}")
     if full in _FREE or default is None:
         return value

@@ -7,10 +7,11 @@ its claims without importing torch, submitit or ray."""
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
+
+from protoseg import config
 
 NAMES = ("local", "slurm", "ray")
 
@@ -118,10 +119,6 @@ COMMON = {
 }
 
 
-def _close(word: str, valid) -> str:
-    match = difflib.get_close_matches(word, list(valid), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
 
 def executor(given: dict, source: str, profile: tuple[dict, Path] | None = None) -> dict:
     """The checked executor of a sweep: COMMON and the chosen backend's defaults < the profile
@@ -136,7 +133,7 @@ def executor(given: dict, source: str, profile: tuple[dict, Path] | None = None)
     name = merged.get("backend", COMMON["backend"].default)
     if name not in NAMES:
         raise SettingError(f"{source}: executor.backend is {name!r}{where.get('backend', '')}"
-                           f"{_close(str(name), NAMES)}; valid: {', '.join(NAMES)}")
+                           f"{config.did_you_mean(str(name), NAMES)}; valid: {', '.join(NAMES)}")
     own = {**COMMON, **get(name).SETTINGS}
     for values, src, prefix, _ in layers:
         for key in values:
@@ -146,7 +143,8 @@ def executor(given: dict, source: str, profile: tuple[dict, Path] | None = None)
             if other:
                 raise SettingError(f"{src}: {prefix}{key} is a setting of the {other} backend, not of {name} "
                                    f"(executor.backend); valid for {name}: {', '.join(own)}")
-            close = _close(str(key), own) or _close(str(key), [k for n in NAMES for k in get(n).SETTINGS])
+            anywhere = [k for n in NAMES for k in get(n).SETTINGS]
+            close = config.did_you_mean(str(key), own) or config.did_you_mean(str(key), anywhere)
             raise SettingError(f"{src}: unknown key '{prefix}{key}'{close}; valid for {name}: {', '.join(own)}")
     out = {key: copy.deepcopy(setting.default) for key, setting in own.items()}
     out.update(merged)
