@@ -18,7 +18,7 @@ import pandas as pd
 from protoseg import config
 from protoseg.io import load_yaml
 
-from .store import read_json
+from .store import read_metrics
 
 PAPER_FILE = Path(__file__).resolve().parents[1] / "results" / "paper" / "protoseg_cvpr22.yaml"
 UNKNOWN = "n/a"  # the paper's number is not transcribed (see results/paper/)
@@ -48,8 +48,8 @@ def load_runs(sweep_dirs: list[Path]) -> pd.DataFrame:
             path = os.path.join(entry.path, "metrics.json")
             if entry.name.startswith(".") or not entry.is_dir() or not os.path.exists(path):
                 continue
-            metrics = read_json(Path(path))
-            if metrics is None or "mIoU" not in metrics:
+            metrics = read_metrics(Path(path))
+            if metrics is None:
                 print(f"warning: {path} is corrupt (not a whole metrics file); left out of the table. "
                       f"`harness run` evaluates the run again", file=sys.stderr)
                 continue
@@ -67,8 +67,8 @@ def _eval_scores(run_dir: str) -> dict:
         name = entry.name.removesuffix(".json")
         if name == entry.name or not EVAL_NAME.fullmatch(name):
             continue
-        metrics = read_json(Path(entry.path))
-        if metrics is None or "mIoU" not in metrics:
+        metrics = read_metrics(Path(entry.path))
+        if metrics is None:
             print(f"warning: {entry.path} is corrupt (not a whole evaluation file); left out of the table. "
                   f"`harness evaluate` writes it again", file=sys.stderr)
             continue

@@ -50,6 +50,12 @@ def read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def read_metrics(path: Path) -> dict | None:
+    """A metrics file (metrics.json, eval-*.json) that reads whole, with its mIoU; else None."""
+    metrics = read_json(path)
+    return metrics if metrics is not None and "mIoU" in metrics else None
+
+
 def check_locking(folder: Path) -> None:
     """The harness's claims need flock; some NFS and Lustre mounts do not give it."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,8 +144,8 @@ class Store:
         bad = []
         for name in ("metrics.json", "status.json"):
             path = self.run_dir(run_id) / name
-            content = read_json(path)
-            if path.exists() and (content is None or (name == "metrics.json" and "mIoU" not in content)):
+            content = read_metrics(path) if name == "metrics.json" else read_json(path)
+            if content is None and path.exists():
                 bad.append(name)
         return bad
 
@@ -169,7 +175,7 @@ class Store:
 
     def is_done(self, run_id: str) -> bool:
         """Done means a metrics.json that reads, with its mIoU."""
-        return "mIoU" in (read_json(self.run_dir(run_id) / "metrics.json") or {})
+        return read_metrics(self.run_dir(run_id) / "metrics.json") is not None
 
     def state(self, run_id: str, stale_after: float = 120, status: dict | None = None) -> str:
         """done / queued / running / failed / cancelled / crashed / corrupt / pending, from the files on disk."""
