@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from protoseg import config
-from protoseg.io import read_yaml
+from protoseg.io import expand_root, read_yaml
 from protoseg.registry import NEEDS_ROOT
 
 from .identity import PROTOTYPE_ONLY, Hasher
@@ -299,10 +299,15 @@ def check_data_roots(sweep: Sweep) -> None:
         dataset, root = run.value("data.dataset"), run.value("data.root")
         if dataset not in NEEDS_ROOT or root in checked:
             continue
-        if not Path(root).is_dir():
-            raise MatrixError(f"{sweep.source}: cell {settings_text(run.settings) or run.run_id}: data.root "
-                              f"{root!r} is not a folder (seen from {Path.cwd()}); data.dataset "
-                              f"{dataset!r} needs the folder that holds it")
+        where = f"{sweep.source}: cell {settings_text(run.settings) or run.run_id}"
+        try:
+            folder = expand_root(root)
+        except FileNotFoundError as err:
+            raise MatrixError(f"{where}: {err}") from None
+        if not Path(folder).is_dir():
+            shown = repr(root) if folder == root else f"{root!r} = {folder!r}"
+            raise MatrixError(f"{where}: data.root {shown} is not a folder (seen from {Path.cwd()}); "
+                              f"data.dataset {dataset!r} needs the folder that holds it")
         checked.add(root)
 
 

@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
         "ratio_range": [0.5, 2.0],     # random resize range for training
         "flip": True,                  # random horizontal flip
         "photometric": True,           # brightness / contrast / saturation / hue jitter
+        "mean": [123.675, 116.28, 103.53],  # RGB, 0..255: image = (image - mean) / std. ImageNet (mmseg);
+        "std": [58.395, 57.12, 57.375],     # TF-ported EfficientNet-Lite weights want [127]*3 / [128]*3
         "batch_size": 8,
         "val_batch_size": 1,
         "num_workers": 0,
@@ -157,6 +159,10 @@ RULES: dict[str, tuple[Callable, str]] = {
     "data.crop_size": _SIZE,
     "data.ratio_range": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
                           and 0 < v[0] <= v[1]), "[low, high] with 0 < low <= high"),
+    "data.mean": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                 for x in v)), "[r, g, b] of finite numbers (0..255 scale)"),
+    "data.std": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and _positive(x)
+                                for x in v)), "[r, g, b] of finite numbers > 0 (0..255 scale)"),
     "data.batch_size": _count(),
     "data.val_batch_size": _count(),
     "data.num_workers": _count(0),

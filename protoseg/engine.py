@@ -138,7 +138,7 @@ def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, count: 
     images, labels, preds = [], [], []
     for i in range(min(count, len(dataset))):
         image, label = dataset.load(i)
-        tensor, _ = eval_transform(image, label)
+        tensor, _ = eval_transform(image, label, dataset.mean, dataset.std)
         logits = predict_logits(model.eval(), tensor[None].to(device), spec["eval"], dataset.num_classes)
         images.append(image)
         labels.append(np.asarray(label, dtype=np.uint8))

@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temp file beside the target, then rename."""
+"""Atomic file writes (a temp file beside the target, then rename), YAML reading, data-root expansion."""
 from __future__ import annotations
 
 import json
@@ -83,3 +83,24 @@ def read_yaml(path: str | Path, what: str, error: type[Exception] = ValueError):
         raise error(f"{path}: no such {what}") from None
     except yaml.YAMLError as err:
         raise error(f"{path}: malformed YAML: {err}") from None
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_root(root: str | None) -> str | None:
+    """data.root with ${VAR} and ${VAR:-default} replaced from the environment. The run id hashes the
+    unexpanded text, so one experiment file names the same runs on every machine."""
+    if root is None:
+        return None
+
+    def value(match: re.Match) -> str:
+        name, default = match.groups()
+        if os.environ.get(name):
+            return os.environ[name]
+        if default is None:
+            raise FileNotFoundError(f"data.root {root!r} uses ${{{name}}}, which is not set; set it to the "
+                                    f"dataset folder or write ${{{name}:-default folder}}")
+        return default
+
+    return _VARIABLE.sub(value, root)

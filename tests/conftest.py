@@ -49,9 +49,9 @@ def harness_command(*args, results: Path) -> list[str]:
     return [sys.executable, "-m", "harness.cli", *map(str, args), "--results", str(results)]
 
 
-def run_harness(*args, results: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_harness(*args, results: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(harness_command(*args, results=results), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture

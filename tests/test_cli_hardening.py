@@ -71,6 +71,23 @@ def test_dry_run_checks_that_dataset_roots_exist(tmp_path):
     assert proc.returncode == 2 and "data.root" in proc.stderr and "no-such-camvid" in proc.stderr, proc.stderr
 
 
+def test_a_data_root_from_the_environment_is_checked_expanded_and_hashed_as_written(tmp_path):
+    path = experiment(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["base"]["data"].update(dataset="camvid", root="${PROTOSEG_DATA:-/no/such/camvid}")
+    doc["base"]["data"].pop("synthetic")
+    path.write_text(yaml.safe_dump(doc))
+    missing = run_harness("run", path, "--dry-run", results=tmp_path / "results", env={"PROTOSEG_DATA": ""})
+    assert missing.returncode == 2 and "'/no/such/camvid' is not a folder" in missing.stderr, missing.stderr
+    plans = []
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        folder.mkdir()
+        plans.append(run_harness("run", path, "--dry-run", results=tmp_path / "results",
+                                 env={"PROTOSEG_DATA": str(folder)}))
+        assert plans[-1].returncode == 0, plans[-1].stderr
+    assert plans[0].stdout == plans[1].stdout  # the run ids hash '${PROTOSEG_DATA:-...}', not the folder
+
+
 def test_an_only_that_matches_nothing_exits_2_and_creates_nothing(tmp_path):
     proc = run_harness("run", experiment(tmp_path), "--only", "train.seed=7", results=tmp_path / "results")
     assert proc.returncode == 2 and "matches none of its 2 cells" in proc.stderr, proc.stderr

@@ -89,3 +89,11 @@ def test_numbers_written_with_an_exponent_are_floats_everywhere(tmp_path):
     assert spec["train"]["lr"] == 0.01 and spec["train"]["weight_decay"] == 0.0005
     assert config.parse_assignments(["train.lr=1e-3", "train.seed=7", "model.head=parametric"]) == [
         ("train.lr", 0.001), ("train.seed", 7), ("model.head", "parametric")]
+
+
+@pytest.mark.parametrize("key, value", [("data.std", [128, 0, 128]), ("data.mean", [127, 127]),
+                                        ("data.std", [128, float("nan"), 128])])
+def test_normalisation_out_of_range_names_the_key(key, value):
+    section, name = key.split(".")
+    with pytest.raises(config.SpecError, match=rf"'{key}'"):
+        config.resolve({section: {name: value}})

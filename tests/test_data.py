@@ -14,7 +14,7 @@ from protoseg.config import resolve
 from protoseg.data import DATASETS, build_dataset
 from protoseg.data.camvid import CamVid
 from protoseg.data.synthetic import SyntheticScenes
-from protoseg.data.transforms import MEAN, STD, eval_transform, train_transform
+from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid-240x180"
 needs_camvid = pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not found at {CAMVID}")
@@ -182,8 +182,19 @@ def test_eval_transform_normalises_with_imagenet_mean_and_std():
     image, label = _asymmetric()
     x, y = eval_transform(image, label)
     assert x.shape == (3, 20, 30) and y.dtype == torch.int64
-    expected = (image[0, 0].astype(np.float32) - MEAN) / STD
+    expected = (image[0, 0].astype(np.float32) - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(x[:, 0, 0].numpy(), expected, rtol=1e-6)
+
+
+def test_data_mean_and_std_reach_train_and_eval_samples():
+    """TF-ported EfficientNet-Lite weights were trained on (x - 127) / 128; data.mean / data.std carry that."""
+    spec = resolve({"data": {"mean": [127, 127, 127], "std": [128, 128, 128], "photometric": False,
+                                    "flip": False, "ratio_range": [1.0, 1.0]}})
+    data = SyntheticScenes.from_config(spec["data"], "train")
+    image, _ = data.load(0)
+    for x, _ in (data[0], data[(0, 3)]):
+        top_left = x[:, 0, 0].numpy()
+        np.testing.assert_allclose(top_left, (image[0, 0].astype(np.float32) - 127) / 128, rtol=1e-6)
 
 
 def test_int_index_gives_the_eval_sample():
@@ -272,6 +283,19 @@ def test_camvid_without_list_file_pairs_by_stem(tmp_path):
     image, label = data.load(0)
     assert image.shape == (12, 16, 3)
     assert (label[0] == 255).all() and (label[1:] == 3).all()
+
+
+def test_camvid_root_takes_environment_variables(tmp_path, monkeypatch):
+    _write_camvid(tmp_path / "camvid", stems=("a",))
+    data_cfg = resolve({"data": {"dataset": "camvid", "root": "${PROTOSEG_TEST_ROOT:-/no/such/folder}"}})["data"]
+    monkeypatch.setenv("PROTOSEG_TEST_ROOT", str(tmp_path / "camvid"))
+    assert CamVid.from_config(data_cfg, "train").root == tmp_path / "camvid"
+    monkeypatch.delenv("PROTOSEG_TEST_ROOT")
+    with pytest.raises(FileNotFoundError, match="/no/such/folder"):
+        CamVid.from_config(data_cfg, "train")
+    data_cfg["root"] = "${PROTOSEG_TEST_ROOT}/camvid"
+    with pytest.raises(FileNotFoundError, match=r"\$\{PROTOSEG_TEST_ROOT\}, which is not set"):
+        CamVid.from_config(data_cfg, "train")
 
 
 def test_camvid_images_are_rgb(tmp_path):

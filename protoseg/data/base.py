@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .transforms import IGNORE_INDEX, eval_transform, train_transform
+from .transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 
 class SegDataset(torch.utils.data.Dataset):
@@ -21,12 +21,13 @@ class SegDataset(torch.utils.data.Dataset):
     class_names: list[str]
 
     def __init__(self, split: str, crop_size=(128, 128), ratio_range=(0.5, 2.0),
-                 flip: bool = True, photometric: bool = True):
+                 flip: bool = True, photometric: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.split = split
         self.crop_size = tuple(crop_size)
         self.ratio_range = tuple(ratio_range)
         self.flip = flip
         self.photometric = photometric
+        self.mean, self.std = tuple(mean), tuple(std)
 
     @classmethod
     def from_config(cls, data_cfg: dict, split: str) -> "SegDataset":
@@ -36,7 +37,7 @@ class SegDataset(torch.utils.data.Dataset):
     @staticmethod
     def transform_kwargs(data_cfg: dict) -> dict:
         """The transform settings of a resolved `data` section, as constructor kwargs."""
-        return {key: data_cfg[key] for key in ("crop_size", "ratio_range", "flip", "photometric")}
+        return {key: data_cfg[key] for key in ("crop_size", "ratio_range", "flip", "photometric", "mean", "std")}
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -50,8 +51,8 @@ class SegDataset(torch.utils.data.Dataset):
             index, seed = key
             image, label = self.load(index)
             return train_transform(image, label, np.random.default_rng(seed), self.crop_size,
-                                   self.ratio_range, self.flip, self.photometric)
-        return eval_transform(*self.load(key))
+                                   self.ratio_range, self.flip, self.photometric, self.mean, self.std)
+        return eval_transform(*self.load(key), self.mean, self.std)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "

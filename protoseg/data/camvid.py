@@ -12,6 +12,7 @@ from pathlib import Path
 import mmcv
 import numpy as np
 
+from ..io import expand_root
 from .base import SegDataset
 
 CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
@@ -94,7 +95,7 @@ class CamVid(SegDataset):
 
     @classmethod
     def from_config(cls, data_cfg: dict, split: str) -> "CamVid":
-        return cls(data_cfg["root"], data_cfg[f"{split}_split"], **cls.transform_kwargs(data_cfg))
+        return cls(expand_root(data_cfg["root"]), data_cfg[f"{split}_split"], **cls.transform_kwargs(data_cfg))
 
     def __len__(self) -> int:
         return len(self.pairs)

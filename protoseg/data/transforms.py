@@ -12,8 +12,8 @@ import mmcv
 import numpy as np
 import torch
 
-MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 IGNORE_INDEX = 255
 
 
@@ -74,9 +74,9 @@ def photometric_distortion(image, rng: np.random.Generator, brightness_delta=32,
     return image
 
 
-def normalize(image):
-    """uint8 HxWx3 RGB -> float32 HxWx3 ImageNet-normalised."""
-    return mmcv.imnormalize(image, MEAN, STD, to_rgb=False)
+def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """uint8 HxWx3 RGB -> float32 HxWx3 (image - mean) / std, per RGB channel on the 0..255 scale."""
+    return mmcv.imnormalize(image, np.asarray(mean, np.float32), np.asarray(std, np.float32), to_rgb=False)
 
 
 def to_tensors(image, label):
@@ -86,15 +86,15 @@ def to_tensors(image, label):
 
 
 def train_transform(image, label, rng: np.random.Generator, crop_size=(128, 128),
-                    ratio_range=(0.5, 2.0), flip=True, photometric=True):
+                    ratio_range=(0.5, 2.0), flip=True, photometric=True, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     image, label = random_resize(image, label, rng, ratio_range)
     image, label = random_crop(image, label, rng, crop_size)
     if flip:
         image, label = random_flip(image, label, rng)
     if photometric:
         image = photometric_distortion(image, rng)
-    return to_tensors(*pad_to(normalize(image), label, crop_size))
+    return to_tensors(*pad_to(normalize(image, mean, std), label, crop_size))
 
 
-def eval_transform(image, label):
-    return to_tensors(normalize(image), label)
+def eval_transform(image, label, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    return to_tensors(normalize(image, mean, std), label)
