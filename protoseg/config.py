@@ -30,7 +30,11 @@ DEFAULTS: dict[str, Any] = {
         "backbone": "resnet18",        # a name of protoseg.registry.BACKBONES
         "pretrained": None,            # local weight file for the backbone; never downloaded
         "output_stride": 32,           # 8 = dilated last stages (resnet*)
-        "decoder": "hrnet",            # stages resized to stride 4, concatenated, Conv3x3-BN-ReLU-Dropout
+        "decoder": "hrnet",            # hrnet: stages resized to stride 4, concatenated, Conv3x3-BN-ReLU-Dropout;
+                                       # fcn (mmseg FCNHead) | upernet (PPM + FPN) | segformer (all-MLP)
+        "aux_head": False,             # mmseg's auxiliary FCN head on stage 3, training only
+        "aux_weight": 0.4,             # its loss weight
+        "drop_path": 0.0,              # stochastic depth of transformer backbones (Swin recipe: 0.3)
         "decoder_channels": None,      # None = sum of the backbone's stage channels (HRNet-W48: 720)
         "dropout": 0.1,
         "norm": "BN",                  # BN | SyncBN
@@ -109,7 +113,7 @@ CHOICES: dict[str, tuple] = {
     "model.head": ("parametric", "nonparametric"),
     "model.update_assignment": ("gumbel", "argmax"),
     "model.proj_norm": ("width", "none"),
-    "model.decoder": ("hrnet",),
+    "model.decoder": ("hrnet", "fcn", "upernet", "segformer"),
     "eval.mode": ("whole", "slide"),
 }
 
@@ -145,6 +149,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "model.output_stride": ((lambda v: v in (8, 16, 32)), "8, 16 or 32"),
     "model.decoder_channels": _count(),
     "model.dropout": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
+    "model.aux_weight": _NON_NEGATIVE,
+    "model.drop_path": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "model.embed_dim": _count(),
     "model.num_prototypes": _count(),
     "model.gamma": _FRACTION,
