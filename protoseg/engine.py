@@ -134,9 +134,10 @@ def _attach_log(run_dir: Path) -> logging.Handler:
 
 
 def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, count: int = 4) -> None:
-    """A few validation images with label and prediction, for the report's figures."""
+    """A few validation images with label and prediction, for the report's figures; spread over the split,
+    since neighbouring frames of a video dataset look alike."""
     images, labels, preds = [], [], []
-    for i in range(min(count, len(dataset))):
+    for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int).tolist():
         image, label = dataset.load(i)
         tensor, _ = eval_transform(image, label, dataset.mean, dataset.std)
         logits = predict_logits(model.eval(), tensor[None].to(device), spec["eval"], dataset.num_classes)
