@@ -35,7 +35,8 @@ DEFAULTS: dict[str, Any] = {
         "aux_head": False,             # mmseg's auxiliary FCN head on stage 3, training only
         "aux_weight": 0.4,             # its loss weight
         "drop_path": 0.0,              # stochastic depth of transformer backbones (Swin recipe: 0.3)
-        "decoder_channels": None,      # None = sum of the backbone's stage channels (HRNet-W48: 720)
+        "decoder_channels": None,      # None = the decoder's default: hrnet the sum of the stage channels
+                                       # (HRNet-W48: 720), fcn 512, upernet 512, segformer 256 (mmseg's)
         "dropout": 0.1,
         "norm": "BN",                  # BN | SyncBN
         "head": "nonparametric",       # parametric | nonparametric
@@ -78,10 +79,17 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "iterations": 200,
+        "optimizer": "sgd",            # sgd (official) | adamw (mmseg's transformer recipes)
         "lr": 0.01,
-        "momentum": 0.9,
+        "momentum": 0.9,               # sgd
+        "betas": [0.9, 0.999],         # adamw
         "weight_decay": 5e-4,
-        "poly_power": 0.9,
+        "norm_decay": True,            # False: no weight decay on norm layers and position tables
+        "head_lr_mult": 1.0,           # lr multiplier of decoder and head (SegFormer recipe: 10)
+        "warmup_iters": 0,             # linear warm-up from warmup_ratio * lr (mmseg LinearLR)
+        "warmup_ratio": 1e-6,
+        "poly_power": 0.9,             # then lr * (1 - t / T) ** power down to min_lr (mmseg PolyLR)
+        "min_lr": 0.0,
         "seed": 0,
         "device": "auto",              # auto | cpu | cuda | cuda:N
         "amp": False,                  # mixed precision, CUDA only
@@ -112,6 +120,7 @@ CHOICES: dict[str, tuple] = {
     "model.norm": ("BN", "SyncBN"),
     "model.head": ("parametric", "nonparametric"),
     "model.update_assignment": ("gumbel", "argmax"),
+    "train.optimizer": ("sgd", "adamw"),
     "model.proj_norm": ("width", "none"),
     "model.decoder": ("hrnet", "fcn", "upernet", "segformer"),
     "eval.mode": ("whole", "slide"),
@@ -150,6 +159,11 @@ RULES: dict[str, tuple[Callable, str]] = {
     "model.decoder_channels": _count(),
     "model.dropout": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "model.aux_weight": _NON_NEGATIVE,
+    "train.betas": ((lambda v: all(isinstance(x, (int, float)) and 0 <= x < 1 for x in v)), "[b1, b2] in [0, 1)"),
+    "train.head_lr_mult": _POSITIVE,
+    "train.warmup_iters": _count(0),
+    "train.warmup_ratio": ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
+    "train.min_lr": _NON_NEGATIVE,
     "model.drop_path": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "model.embed_dim": _count(),
     "model.num_prototypes": _count(),

@@ -36,6 +36,7 @@ from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_yaml
 from .losses import total_loss
+from .optim import build_optimizer, build_scheduler
 from .models import build_model
 
 log = logging.getLogger("protoseg")
@@ -223,11 +224,9 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     _seed_everything(tcfg["seed"])
     train_set, val_set = build_dataset(dcfg, "train"), build_dataset(dcfg, "val")
     model = build_model(mcfg, train_set.num_classes).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=tcfg["lr"], momentum=tcfg["momentum"],
-                                weight_decay=tcfg["weight_decay"])
+    optimizer = build_optimizer(model, tcfg)
     iterations = tcfg["iterations"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(1 - it / iterations, 0.0) ** tcfg["poly_power"])
+    scheduler = build_scheduler(optimizer, tcfg)
     use_amp = tcfg["amp"] and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if world > 1:
