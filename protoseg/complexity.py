@@ -25,11 +25,19 @@ class _SegOnly(nn.Module):
         return self.model(images)["seg"]
 
 
+def _inference_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the model as it infers: modules marked `training_only`
+    (mmseg's auxiliary head) are left out, as mmseg's counts leave them out."""
+    skip = {id(p) for m in model.modules() if getattr(m, "training_only", False) for p in m.parameters()}
+    return [p for p in model.parameters() if id(p) not in skip]
+
+
 def count_params(model: nn.Module) -> dict:
     """Learnable = parameters with requires_grad; total adds the rest and the
     buffers that are model state, such as the prototypes (BN statistics excluded)."""
-    learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    params = _inference_params(model)
+    learnable = sum(p.numel() for p in params if p.requires_grad)
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
     state_buffers = sum(b.numel() for name, b in model.named_buffers() if name.endswith("prototypes"))
     return {"params_learnable": learnable, "params_total": learnable + frozen + state_buffers}
 

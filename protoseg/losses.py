@@ -1,4 +1,4 @@
-"""L = CE(upsampled logits) + ppc_weight PPC + ppd_weight PPD."""
+"""L = CE(upsampled logits) + ppc_weight PPC + ppd_weight PPD (+ aux_weight CE of the auxiliary head)."""
 from __future__ import annotations
 
 import torch
@@ -7,9 +7,11 @@ import torch.nn.functional as F
 IGNORE = 255
 
 
-def seg_cross_entropy(seg: torch.Tensor, labels: torch.Tensor, class_weights=None) -> torch.Tensor:
-    """Cross-entropy of logits upsampled (bilinear, align_corners as the official code) to the labels."""
-    logits = F.interpolate(seg, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+def seg_cross_entropy(seg: torch.Tensor, labels: torch.Tensor, class_weights=None,
+                      align_corners: bool = True) -> torch.Tensor:
+    """Cross-entropy of logits upsampled (bilinear; align_corners True as the official code,
+    False as mmseg) to the labels."""
+    logits = F.interpolate(seg, size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=logits.dtype,
                                                                 device=logits.device)
     return F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE)
@@ -36,4 +38,8 @@ def total_loss(out: dict, labels: torch.Tensor, model_cfg: dict) -> tuple[torch.
         parts["ppc"] = ppc_loss(logits, out["proto_target"], model_cfg["ppc_temperature"])
         parts["ppd"] = ppd_loss(logits, out["proto_target"])
         loss = loss + model_cfg["ppc_weight"] * parts["ppc"] + model_cfg["ppd_weight"] * parts["ppd"]
+    if "aux_seg" in out:
+        parts["aux"] = seg_cross_entropy(out["aux_seg"].float(), labels, model_cfg["class_weights"],
+                                         align_corners=False)
+        loss = loss + model_cfg["aux_weight"] * parts["aux"]
     return loss, parts
