@@ -93,7 +93,10 @@ def _settings_text(frame: pd.DataFrame, columns: list[str], short: bool) -> pd.S
 
 def method_labels(frame: pd.DataFrame) -> pd.Series:
     """'parametric' or 'ProtoSeg M=..', plus any other spec field that varies in the frame."""
-    varying = [c for c in frame.columns if "." in c and c not in PLACED and frame[c].nunique(dropna=False) > 1]
+    # a field that only changes with the backbone or dataset (its weights, its normalisation) names no method
+    within = frame.groupby(["model.backbone", "data.dataset"], dropna=False)
+    varying = [c for c in frame.columns if "." in c and c not in PLACED
+               and (within[c].nunique(dropna=False) > 1).any()]
     proto = frame["model.head"] != "parametric"
     labels = pd.Series("parametric", index=frame.index)
     labels[proto] = "ProtoSeg M=" + frame.loc[proto, "model.num_prototypes"].astype(str)

@@ -217,12 +217,13 @@ def test_report_formats(sweep, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_plots_writes_three_pngs(sweep, tmp_path):
+def test_report_plots_writes_five_pngs(sweep, tmp_path):
     out = tmp_path / "figures"
     proc = harness("report", "--plots", out, results=sweep["results"])
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["miou_vs_prototypes.png", "predictions.png", "training_curves.png"]
+    assert names == ["miou_vs_prototypes.png", "per_class_iou.png", "predictions.png", "prototype_diagnostics.png",
+                     "training_curves.png"]
     for name in names:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
