@@ -298,7 +298,8 @@ def cmd_evaluate(args) -> int:
     from protoseg.evaluate import evaluate_run
 
     overrides = {path: value for path, value in (("data.root", args.root), ("eval.mode", args.mode),
-                                                 ("eval.scales", args.scales), ("eval.flip", args.flip))
+                                                 ("eval.resize", args.resize), ("eval.scales", args.scales),
+                                                 ("eval.flip", args.flip))
                  if value is not None}
     try:
         path, metrics = evaluate_run(args.run_dir, args.split, overrides)
@@ -380,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", help="split to score (default: the run's val split)")
     ev.add_argument("--root", help="data root (default: the run's data.root)")
     ev.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the run's eval.mode)")
+    ev.add_argument("--resize", type=int, nargs=2, metavar=("LONG", "SHORT"),
+                    help="rescale each image into a LONG x SHORT box first, keeping its ratio (ADE20K: 2048 512)")
     ev.add_argument("--scales", type=float, nargs="+", help="multi-scale inference, e.g. 0.5 1.0 1.5")
     ev.add_argument("--flip", action=argparse.BooleanOptionalAction, help="also sum the flipped image's logits")
     ev.set_defaults(func=cmd_evaluate)

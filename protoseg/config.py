@@ -103,6 +103,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "eval": {
         "mode": "whole",               # whole | slide
+        "resize": None,                # [long, short]: rescale into that box first, keeping the ratio
+                                       # (mmseg's test Resize; ADE20K / COCO-Stuff [2048, 512])
         "crop_size": [512, 512],       # window of sliding inference
         "stride": [341, 341],
         "scales": [1.0],               # multi-scale: logits summed over scales
@@ -203,6 +205,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "train.eval_interval": _count(0),
     "train.checkpoint_interval": _count(),
     "train.keep_checkpoints": _count(),
+    "eval.resize": ((lambda v: isinstance(v, list) and len(v) == 2 and _SIZE[0](v)),
+                    "null or [long, short] of positive integers"),
     "eval.crop_size": _SIZE,
     "eval.stride": _SIZE,
     "eval.scales": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and _positive(x)

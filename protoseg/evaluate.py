@@ -27,7 +27,7 @@ from .registry import NEEDS_ROOT
 
 # the spec fields an evaluation may change: where the data is, how inference runs, on what
 SETTINGS = ("data.root", "data.val_batch_size", "data.num_workers", "train.device",
-            "eval.mode", "eval.crop_size", "eval.stride", "eval.scales", "eval.flip")
+            "eval.mode", "eval.resize", "eval.crop_size", "eval.stride", "eval.scales", "eval.flip")
 
 
 class EvaluationError(ValueError):
@@ -62,9 +62,12 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, overrides: dict 
 
 
 def file_name(split: str, eval_cfg: dict, root: str | None, own_root: str | None) -> str:
-    """eval-<split>-<mode>[-ms<scales in %>][-flip][-<hash of root>].json; the hash only for another root.
+    """eval-<split>-<mode>[-r<long>x<short>][-ms<scales in %>][-flip][-<hash of root>].json; the hash only
+    for another root.
     Letters, digits, '_' and '-' only (harness/report.py makes a column of each name)."""
     parts = ["eval", re.sub(r"[^A-Za-z0-9_]+", "_", split), eval_cfg["mode"]]  # '-' separates the parts
+    if eval_cfg.get("resize"):  # absent from the eval section of metrics written before it existed
+        parts.append("r{}x{}".format(*eval_cfg["resize"]))
     if eval_cfg["scales"] != [1.0]:
         parts.append("ms" + "_".join(f"{round(s * 100)}" for s in eval_cfg["scales"]))
     if eval_cfg["flip"]:

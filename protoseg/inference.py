@@ -44,16 +44,28 @@ def _nearest(labels: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
+def rescaled_size(size, resize) -> tuple[int, int]:
+    """mmseg's Resize(scale=(long, short), keep_ratio=True): the image scaled to the largest size that fits
+    a long x short box (ADE20K's [2048, 512]: short side 512 unless the long side would pass 2048)."""
+    (h, w), (long, short) = size, resize
+    factor = min(long / max(h, w), short / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
 @torch.no_grad()
 def predict_logits(model, images: torch.Tensor, eval_cfg: dict, num_classes: int,
                    labels: torch.Tensor | None = None, wins: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, K, H, W) logits at the input size, summed over eval.scales and, with eval.flip, flips.
+    """(B, K, H, W) logits at the input size, summed over eval.scales and, with eval.flip, flips; with
+    eval.resize, inference runs on the image rescaled into that box and the logits come back to its size.
 
     With `wins` ((K, M) int64) and `labels` (B, H, W), adds to `wins` the pixels each prototype wins,
     counted on one pass only: the unflipped one at the scale nearest 1.0, labels nearest-resized to it.
     In sliding inference each window counts its own pixels (a pixel where windows overlap counts in each).
     """
     size = images.shape[-2:]
+    if eval_cfg["resize"]:
+        images = F.interpolate(images, size=rescaled_size(size, eval_cfg["resize"]), mode="bilinear",
+                               align_corners=False)
     counted = min(eval_cfg["scales"], key=lambda s: abs(s - 1.0)) if wins is not None else None
     total = None
     for scale in eval_cfg["scales"]:

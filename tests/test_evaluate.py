@@ -53,6 +53,14 @@ def test_protocol_and_root_name_the_file(finished_run):
     assert metrics["eval"]["scales"] == [0.5, 1.0] and metrics["prototypes_used"] is not None
 
 
+def test_resize_protocol_scores_at_the_label_size_and_names_the_file(finished_run):
+    path, metrics = evaluate_run(finished_run, overrides={"eval.resize": [40, 24]})
+    assert path.name == "eval-val-whole-r40x24.json"
+    own = json.loads((finished_run / "metrics.json").read_text())
+    assert sum(map(sum, metrics["confusion"])) == sum(map(sum, own["confusion"]))  # every label pixel, once
+    assert metrics["eval"]["resize"] == [40, 24] and own["spec"]["eval"].get("resize") is None
+
+
 def test_bad_input_is_refused_with_exit_code_2(finished_run, tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     shutil.copytree(finished_run, unfinished)

@@ -148,3 +148,21 @@ def test_a_weight_file_that_does_not_fit_names_the_file(tmp_path):
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="other.pth does not fit resnet18"):
         build_backbone(model_cfg(pretrained=str(tmp_path / "other.pth")))
+
+
+def test_eval_resize_runs_the_model_in_the_box_and_returns_logits_at_the_image_size():
+    from protoseg.inference import predict_logits, rescaled_size
+
+    assert rescaled_size((1024, 2048), (2048, 512)) == (512, 1024)  # Cityscapes-size frame in ADE20K's box
+    assert rescaled_size((256, 341), (2048, 512)) == (512, 682)    # small images are enlarged
+    assert rescaled_size((100, 3000), (2048, 512)) == (68, 2048)   # the long side bounds a panorama
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, images, winners=False):
+            seen.append(tuple(images.shape[-2:]))
+            return {"seg": images[:, :2]}
+
+    eval_cfg = config.resolve({"eval": {"resize": [2048, 64]}})["eval"]
+    logits = predict_logits(Probe(), torch.rand(1, 3, 40, 80), eval_cfg, 2)
+    assert seen == [(64, 128)] and logits.shape == (1, 2, 40, 80)
