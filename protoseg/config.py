@@ -84,7 +84,7 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.9,               # sgd
         "betas": [0.9, 0.999],         # adamw
         "weight_decay": 5e-4,
-        "norm_decay": True,            # False: no weight decay on norm layers and position tables
+        "norm_decay": True,            # False: no weight decay where a name has norm or a position table (mmseg)
         "head_lr_mult": 1.0,           # lr multiplier of decoder and head (SegFormer recipe: 10)
         "warmup_iters": 0,             # linear warm-up from warmup_ratio * lr (mmseg LinearLR)
         "warmup_ratio": 1e-6,

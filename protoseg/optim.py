@@ -4,27 +4,27 @@ Default: the official ProtoSeg (HRNet) recipe, SGD with momentum and a poly
 schedule lr * (1 - it / T) ** 0.9, one parameter group. mmseg's recipes add
 a linear warm-up (LinearLR from warmup_ratio * lr over warmup_iters), poly
 over the remaining iterations down to min_lr (PolyLR eta_min), AdamW, no
-weight decay on norm layers and position tables, and a larger learning rate
-for the decoder and head (SegFormer: 10x).
+weight decay on norm layers and position tables (by name, as mmseg's
+paramwise_cfg: ConvModule's BatchNorm is named "bn" and keeps its decay),
+and a larger learning rate for the decoder and head (SegFormer: 10x).
+Warm-up then poly as mmseg 1.x: PolyLR runs from the end of the warm-up.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-# position tables of Swin (relative_position_bias_table, absolute_pos_embed) and SegFormer (pos_block)
-POSITION = ("relative_position_bias_table", "absolute_pos_embed", "pos_embed", "pos_block")
+# mmseg's paramwise custom_keys (Swin, SegFormer): decay_mult 0 where the parameter's name contains one
+NO_DECAY_KEYS = ("norm", "relative_position_bias_table", "absolute_pos_embed", "pos_block")
 HEAD_MODULES = ("decoder.", "head.", "aux_head.")
 
 
 def parameter_groups(model: nn.Module, tcfg: dict) -> list[dict]:
     """One group per (weight decay, lr multiplier) the recipe asks for; one group by default."""
-    norm_params = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
         decay = tcfg["weight_decay"]
-        if not tcfg["norm_decay"] and (id(param) in norm_params or any(key in name for key in POSITION)):
+        if not tcfg["norm_decay"] and any(key in name for key in NO_DECAY_KEYS):
             decay = 0.0
         mult = tcfg["head_lr_mult"] if name.startswith(HEAD_MODULES) else 1.0
         groups.setdefault((decay, mult), []).append(param)

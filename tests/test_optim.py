@@ -28,16 +28,16 @@ def test_the_default_is_the_official_recipe_one_sgd_group_and_poly():
         assert lr_factor(it, tcfg) == max(1 - it / 100, 0.0) ** 0.9  # the factor of every earlier version
 
 
-def test_norm_decay_off_exempts_norm_layers_and_position_tables():
+def test_norm_decay_off_exempts_parameters_named_as_mmseg_does():
     model = _model()
     model.decoder.register_parameter("pos_block", torch.nn.Parameter(torch.zeros(3)))
     optimizer = build_optimizer(model, _train(norm_decay=False, weight_decay=0.01))
     no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert bn and all(id(m.weight) in no_decay and id(m.bias) in no_decay for m in bn)
-    assert id(model.decoder.pos_block) in no_decay
-    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert id(conv.weight) not in no_decay
+    named = dict(model.named_parameters())
+    assert {id(named[n]) for n in ("head.feat_norm.weight", "head.feat_norm.bias", "decoder.pos_block")} <= no_decay
+    assert id(named["decoder.conv.bn.weight"]) not in no_decay  # mmseg's key 'norm' misses ConvModule's 'bn'
+    assert id(named["decoder.conv.conv.weight"]) not in no_decay
+    assert len(no_decay) == sum(("norm" in n or "pos_block" in n) for n in named)
 
 
 def test_head_lr_mult_raises_decoder_and_head_lr_only():
