@@ -230,7 +230,7 @@ def test_build_dataset_without_augmentation_gives_the_eval_sample():
 
 
 def test_build_dataset_unknown_name_names_the_key_and_valid_names():
-    cfg = resolve({})["data"] | {"dataset": "cityscapes"}
+    cfg = resolve({})["data"] | {"dataset": "kitti"}
     with pytest.raises(ValueError, match="data.dataset") as err:
         build_dataset(cfg, "train")
     assert all(name in str(err.value) for name in DATASETS)

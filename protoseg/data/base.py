@@ -57,3 +57,4 @@ class SegDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
                 f"len={len(self)}, num_classes={self.num_classes})")
+

@@ -12,8 +12,7 @@ from pathlib import Path
 import mmcv
 import numpy as np
 
-from ..io import expand_root
-from .base import SegDataset
+from .files import OnDisk, decode
 
 CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
            "Pedestrian", "Bicyclist"]
@@ -59,14 +58,6 @@ def pair_by_stem(root: Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def decode(path: Path, flag: str) -> np.ndarray:
-    # cv2 returns None on undecodable bytes instead of raising
-    array = mmcv.imfrombytes(path.read_bytes(), flag=flag, channel_order="bgr", backend="cv2")
-    if array is None:
-        raise ValueError(f"{path}: cannot decode the file as an image")
-    return array
-
-
 def to_train_ids(label: np.ndarray, path: Path) -> np.ndarray:
     if label.ndim != 2:
         raise ValueError(f"{path}: a label must be a single-channel image, got shape {label.shape}")
@@ -79,7 +70,7 @@ def to_train_ids(label: np.ndarray, path: Path) -> np.ndarray:
     return label
 
 
-class CamVid(SegDataset):
+class CamVid(OnDisk):
     name = "camvid"
     num_classes = len(CLASSES)
     class_names = CLASSES
@@ -92,13 +83,6 @@ class CamVid(SegDataset):
         self.root = Path(root)
         list_file = self.root / f"{split}.txt"
         self.pairs = read_list(self.root, list_file) if list_file.is_file() else pair_by_stem(self.root, split)
-
-    @classmethod
-    def from_config(cls, data_cfg: dict, split: str) -> "CamVid":
-        return cls(expand_root(data_cfg["root"]), data_cfg[f"{split}_split"], **cls.transform_kwargs(data_cfg))
-
-    def __len__(self) -> int:
-        return len(self.pairs)
 
     def load(self, index: int):
         image_path, label_path = self.pairs[index]

@@ -1,0 +1,103 @@
+"""Tiny datasets in the real on-disk layout of each dataset that reads data.root, for smoke runs and tests.
+
+`write_fixture(name, root)` writes a train and a val split (COCO-Stuff-10k:
+train and test) of `images` frames each: smooth random images (JPEG or PNG as
+the real layout names them) and block labels whose ids are drawn from the
+dataset's raw id space, with a band of its ignore id at the top. Cityscapes and
+COCO-Stuff-164k get both the raw labels and the converted labelTrainIds files,
+as their converters leave them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mmcv
+import numpy as np
+
+from .cityscapes import FROM_LABEL_IDS
+from .cocostuff import FROM_RAW, RAW_IDS
+
+
+def _image(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    ramp = np.linspace(0, 1, h)[:, None, None] * rng.uniform(0, 200, 3) + np.linspace(0, 1, w)[None, :, None] * 55
+    return np.clip(ramp + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _label(rng: np.random.Generator, size: tuple[int, int], ids, ignore: int, block: int = 8) -> np.ndarray:
+    h, w = size
+    grid = rng.choice(np.asarray(ids, np.uint8), (h // block + 1, w // block + 1))
+    label = np.repeat(np.repeat(grid, block, 0), block, 1)[:h, :w].copy()
+    label[:2] = ignore
+    return label
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not mmcv.imwrite(array, str(path)):
+        raise OSError(f"{path}: could not write the fixture file")
+
+
+def _camvid(root, split, count, rng, size):
+    lines = []
+    for i in range(count):
+        stem = f"{split}_{i:04d}"
+        _write(root / split / f"{stem}.png", _image(rng, size))
+        _write(root / f"{split}annot" / f"{stem}.png", _label(rng, size, range(12), 11))
+        lines.append(f"{split}/{stem}.png {split}annot/{stem}.png\n")
+    (root / f"{split}.txt").write_text("".join(lines))
+
+
+def _ade20k(root, split, count, rng, size):
+    folder = {"train": "training", "val": "validation"}[split]
+    for i in range(count):
+        stem = f"ADE_{split}_{i + 1:08d}"
+        _write(root / "images" / folder / f"{stem}.jpg", _image(rng, size))
+        _write(root / "annotations" / folder / f"{stem}.png", _label(rng, size, range(151), 0))
+
+
+def _cityscapes(root, split, count, rng, size):
+    city = {"train": "aachen", "val": "frankfurt"}[split]
+    for i in range(count):
+        stem = f"{city}_{i:06d}_000019"
+        _write(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", _image(rng, size))
+        label_ids = _label(rng, size, range(34), 0)
+        _write(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label_ids)
+        _write(root / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png",
+               FROM_LABEL_IDS[label_ids].astype(np.uint8))
+
+
+def _coco_stuff164k(root, split, count, rng, size):
+    folder = f"{split}2017"
+    for i in range(count):
+        stem = f"{i + 1:012d}"
+        _write(root / "images" / folder / f"{stem}.jpg", _image(rng, size))
+        raw = _label(rng, size, RAW_IDS + [255], 255)
+        _write(root / "annotations" / folder / f"{stem}.png", raw)
+        _write(root / "annotations" / folder / f"{stem}_labelTrainIds.png", FROM_RAW[raw].astype(np.uint8))
+
+
+def _coco_stuff10k(root, split, count, rng, size):
+    name = {"train": "train", "val": "test"}[split]
+    stems = [f"COCO_{name}2014_{i + 1:012d}" for i in range(count)]
+    for stem in stems:
+        _write(root / "images" / f"{name}2014" / f"{stem}.jpg", _image(rng, size))
+        _write(root / "annotations" / f"{name}2014" / f"{stem}_labelTrainIds.png", _label(rng, size, range(172), 0))
+    (root / "imageLists").mkdir(exist_ok=True)
+    (root / "imageLists" / f"{name}.txt").write_text("".join(f"{stem}\n" for stem in stems))
+
+
+WRITERS = {"camvid": _camvid, "ade20k": _ade20k, "cityscapes": _cityscapes, "coco_stuff164k": _coco_stuff164k,
+           "coco_stuff10k": _coco_stuff10k}
+
+
+def write_fixture(name: str, root, images: int = 4, size=(64, 96), seed: int = 0) -> Path:
+    """Write dataset `name` (a key of WRITERS) under `root`; returns the folder to set as data.root."""
+    if name not in WRITERS:
+        raise ValueError(f"write_fixture: no fixture for dataset {name!r}; valid: {', '.join(WRITERS)}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        WRITERS[name](root, split, images, rng, tuple(size))
+    return root
