@@ -2,6 +2,7 @@
 
     sweep: quickstart                 # results/<sweep>/
     base: {model: {...}, data: {...}} # a partial run spec
+    parts: {r18: &r18 {...}}          # ignored: a place for YAML anchors that presets merge (<<: *r18)
     presets:                          # named bundles of spec paths
       r18: {model.backbone: resnet18, train.lr: 0.01}
     matrix:                           # spec path -> list of values; cartesian product
@@ -25,13 +26,14 @@ from pathlib import Path
 from typing import Callable
 
 from protoseg import config
-from protoseg.io import expand_root, read_yaml
+from protoseg.io import expand_env, read_yaml
 from protoseg.registry import NEEDS_ROOT
 
+from . import smoke
 from .identity import PROTOTYPE_ONLY, Hasher
 from .store import StoreError, check_sweep_name
 
-TOP_KEYS = ("sweep", "description", "base", "presets", "matrix", "include", "exclude", "executor")
+TOP_KEYS = ("sweep", "description", "base", "parts", "presets", "matrix", "include", "exclude", "executor")
 
 PROFILES = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
 
@@ -182,12 +184,14 @@ def _apply_overrides(doc: dict, overrides, source: str) -> None:
 
 
 def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
-               select: Callable[[RunSpec], bool] | None = None, spec_version: int | None = None) -> Sweep:
+               select: Callable[[RunSpec], bool] | None = None, spec_version: int | None = None,
+               smoke_results: Path | None = None) -> Sweep:
     """A parsed experiment document -> Sweep; raises MatrixError naming `source`.
 
     Only the cells that `select` keeps are in `Sweep.runs` (the others are counted).
     `spec_version`: the version the sweep was first planned at; the defaults changed
-    since then keep their old values in it (config.HISTORY), with a notice."""
+    since then keep their old values in it (config.HISTORY), with a notice.
+    `smoke_results`: plan the smoke version of every cell (harness/smoke.py), data under that folder."""
     if not isinstance(doc, dict):
         raise MatrixError(f"{source}: an experiment file must be a mapping with keys {', '.join(TOP_KEYS)}")
     doc = copy.deepcopy(doc)
@@ -197,6 +201,8 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
                               f"valid: {', '.join(TOP_KEYS)}")
     _apply_overrides(doc, overrides, source)
     name = sweep_name(doc, source)
+    if smoke_results is not None:
+        name = smoke.name(name)
     presets = doc.get("presets") or {}
     if not isinstance(presets, dict):
         raise MatrixError(f"{source}: 'presets' must map preset names to mappings of spec paths")
@@ -241,6 +247,9 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
                         path, preset_value = checked(preset_key, preset_value, f"presets.{value}")
                         delta[path] = preset_value
             fields = collections.ChainMap(delta, flat_base)
+            if smoke_results is not None:
+                for path, value in smoke.settings(fields, smoke_results).items():
+                    delta[path] = config.check_value(path, value, f"{source}: --smoke")
             memo = repr([fields[path] for path in config.CROSS_FIELDS])
             if memo not in cross_checked:
                 config.check_spec(fields, f"{source}: {_where(cell)}")
@@ -292,29 +301,34 @@ def _pin_old_defaults(base: dict, spec_version: int | None, source: str) -> dict
     return base
 
 
-def check_data_roots(sweep: Sweep) -> None:
-    """Every selected cell's dataset folder exists (checked once per folder)."""
-    checked = set()
+def check_data_roots(sweep: Sweep, dry_run: bool = False) -> list[str]:
+    """Every selected cell's dataset folder exists (checked once per folder). In a dry run a root that
+    names an unset environment variable (data that lives on another machine) is a warning, returned."""
+    checked, warnings = set(), []
     for run in sweep.runs:
         dataset, root = run.value("data.dataset"), run.value("data.root")
         if dataset not in NEEDS_ROOT or root in checked:
             continue
+        checked.add(root)
         where = f"{sweep.source}: cell {settings_text(run.settings) or run.run_id}"
         try:
-            folder = expand_root(root)
+            folder = expand_env(root)
         except FileNotFoundError as err:
+            if dry_run:
+                warnings.append(f"{where}: {err}")
+                continue
             raise MatrixError(f"{where}: {err}") from None
         if not Path(folder).is_dir():
             shown = repr(root) if folder == root else f"{root!r} = {folder!r}"
             raise MatrixError(f"{where}: data.root {shown} is not a folder (seen from {Path.cwd()}); "
                               f"data.dataset {dataset!r} needs the folder that holds it")
-        checked.add(root)
+    return warnings
 
 
 def load(path: str | Path, overrides=(), profile: str | None = None, select=None,
-         spec_version: int | None = None) -> Sweep:
+         spec_version: int | None = None, smoke_results: Path | None = None) -> Sweep:
     return expand_doc(read_yaml(path, "experiment file", MatrixError), str(path), overrides, profile, select,
-                      spec_version)
+                      spec_version, smoke_results)
 
 
 def git_commit(folder: Path | None = None) -> str | None:

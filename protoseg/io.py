@@ -88,10 +88,11 @@ def read_yaml(path: str | Path, what: str, error: type[Exception] = ValueError):
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
-def expand_root(root: str | None) -> str | None:
-    """data.root with ${VAR} and ${VAR:-default} replaced from the environment. The run id hashes the
-    unexpanded text, so one experiment file names the same runs on every machine."""
-    if root is None:
+def expand_env(text: str | None, key: str = "data.root") -> str | None:
+    """A path field (data.root, model.pretrained) with ${VAR} and ${VAR:-default} replaced from the
+    environment. The run id hashes the unexpanded text, so one experiment file names the same runs on
+    every machine."""
+    if text is None:
         return None
 
     def value(match: re.Match) -> str:
@@ -99,8 +100,8 @@ def expand_root(root: str | None) -> str | None:
         if os.environ.get(name):
             return os.environ[name]
         if default is None:
-            raise FileNotFoundError(f"data.root {root!r} uses ${{{name}}}, which is not set; set it to the "
-                                    f"dataset folder or write ${{{name}:-default folder}}")
+            raise FileNotFoundError(f"{key} {text!r} uses ${{{name}}}, which is not set; set it to the "
+                                    f"folder it names or write ${{{name}:-default folder}}")
         return default
 
-    return _VARIABLE.sub(value, root)
+    return _VARIABLE.sub(value, text)

