@@ -13,7 +13,7 @@ from pathlib import Path
 from protoseg import config
 from protoseg.io import load_yaml, read_yaml
 
-from . import backends
+from . import backends, smoke
 from .matrix import MatrixError, settings_text
 from .store import SWEEP_NAME, Store, StoreError, check_locking
 
@@ -43,7 +43,7 @@ def _sweeps(results: Path, target: str | None) -> list[Store]:
 
 
 def _selector(only: str | None):
-    """--only 'model.head=parametric,train.seed=0' or a run id prefix -> a test of a RunSpec."""
+    """--only 'model.head=parametric,train.seed=0' (or preset=NAME) or a run id prefix -> a test of a RunSpec."""
     if not only:
         return lambda run: True
     prefixes, wanted = [], []
@@ -58,6 +58,10 @@ def _selector(only: str | None):
         if not all(run.run_id.startswith(prefix) for prefix in prefixes):
             return False
         for key, value in wanted:
+            if key == "preset":  # a matrix axis, not a spec path
+                if run.settings.get("preset") != value:
+                    return False
+                continue
             try:
                 if run.value(key) != value:
                     return False
@@ -99,13 +103,19 @@ def cmd_run(args) -> int:
         overrides.append(("executor.jobs", args.jobs))
     if args.address:
         overrides.append(("executor.address", args.address))
-    store = Store(args.results, _sweep_name(args.file))
+    name = _sweep_name(args.file)
+    store = Store(args.results, smoke.name(name) if args.smoke else name)
     planned_at = store.spec_version()
-    sweep = matrix.load(args.file, overrides, args.profile, select=_selector(args.only), spec_version=planned_at)
+    sweep = matrix.load(args.file, overrides, args.profile, select=_selector(args.only), spec_version=planned_at,
+                        smoke_results=args.results if args.smoke else None)
     runs = sweep.runs
     if not runs:
         raise MatrixError(f"{args.file}: --only {args.only!r} matches none of its {sweep.cells} cells; nothing done")
-    matrix.check_data_roots(sweep)
+    if args.smoke and not args.dry_run:
+        smoke.write_data(args.results, {run.value("data.dataset") for run in runs})
+    if not (args.smoke and args.dry_run):  # a smoke dry run writes no fixture to check
+        for warning in matrix.check_data_roots(sweep, args.dry_run):
+            print(f"warning: {warning}", file=sys.stderr)
     stale_after = sweep.executor["stale_after"]
     plan = _plan(store, runs, args, stale_after)
     width = max((len(settings_text(r.settings)) for r in runs), default=0)
@@ -343,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", "run every cell of an experiment file that is not done")
     run.add_argument("file")
     run.add_argument("--dry-run", action="store_true", help="print the plan only")
+    run.add_argument("--smoke", action="store_true",
+                     help="every cell end to end on CPU in minutes: generated data in each dataset's layout, tiny "
+                          "crops and iterations, real architectures; into the sweep <name>-smoke")
     run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     run.add_argument("--force", action="store_true", help="rerun done cells (the old run is moved to .replaced/)")
     run.add_argument("--only", help="key.path=value[,...] or a run id prefix")

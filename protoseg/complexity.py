@@ -7,11 +7,16 @@ flop_counter counts 2 per multiply-add: `flops` here. Both are stored.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from .io import atomic_write_json
 
 
 class _SegOnly(nn.Module):
@@ -69,3 +74,27 @@ def count_macs_flops(model: nn.Module, size: tuple[int, int]) -> dict:
 
 def measure(model: nn.Module, size: tuple[int, int]) -> dict:
     return {**count_params(model), **count_macs_flops(model, size)}
+
+
+# the model fields that leave the architecture's counts alone (weights, training-only settings)
+NOT_ARCHITECTURE = ("pretrained", "gamma", "update_prototypes", "update_assignment", "sinkhorn_epsilon",
+                    "sinkhorn_iterations", "ppc_weight", "ppd_weight", "ppc_temperature", "class_weights",
+                    "aux_weight", "drop_path", "dropout")
+
+
+def measure_cached(model: nn.Module, model_cfg: dict, num_classes: int, size: tuple[int, int],
+                   cache: Path | None) -> dict:
+    """`measure`, remembered in `cache` (a folder) per architecture, class count and input size: counting
+    a large model at 2048x1024 costs minutes on a CPU, and a sweep has many runs of one architecture."""
+    if cache is None:
+        return measure(model, size)
+    arch = {k: v for k, v in model_cfg.items() if k not in NOT_ARCHITECTURE}
+    key = hashlib.sha1(json.dumps([arch, num_classes, list(size)], sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache) / f"{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        counts = measure(model, size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, counts)
+        return counts

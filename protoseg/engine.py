@@ -316,7 +316,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     size = tuple(spec["eval"]["complexity_size"])
     metrics = {
         **result,
-        **complexity.measure(model, size),
+        **complexity.measure_cached(model, mcfg, val_set.num_classes, size, _complexity_cache(run_dir)),
         "evals": evals + [_eval_record(iterations, result)],
         "history": history,
         "iterations": iterations,
@@ -338,6 +338,12 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         log.info("done: mIoU %s%s", metrics["mIoU"], diagnostics.describe(result))
     distributed.barrier()  # on every rank, returning means metrics.json is on disk
     return metrics
+
+
+def _complexity_cache(run_dir: Path) -> Path | None:
+    """The sweep's cache of complexity counts, for a run of a harness sweep (a folder with sweep.json)."""
+    sweep = run_dir.resolve().parent
+    return sweep / ".complexity" if (sweep / "sweep.json").is_file() else None
 
 
 def _eval_record(iteration: int, result: dict) -> dict:

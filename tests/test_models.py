@@ -166,3 +166,23 @@ def test_eval_resize_runs_the_model_in_the_box_and_returns_logits_at_the_image_s
     eval_cfg = config.resolve({"eval": {"resize": [2048, 64]}})["eval"]
     logits = predict_logits(Probe(), torch.rand(1, 3, 40, 80), eval_cfg, 2)
     assert seen == [(64, 128)] and logits.shape == (1, 2, 40, 80)
+
+
+def test_complexity_is_counted_once_per_architecture_classes_and_size(tmp_path, monkeypatch):
+    from protoseg import complexity
+
+    cfg = config.resolve({"model": {"backbone": "resnet18", "decoder_channels": 16}})["model"]
+    model = build_model(cfg, 4)
+    first = complexity.measure_cached(model, cfg, 4, (64, 64), tmp_path)
+    assert first == complexity.measure(model, (64, 64)) and len(list(tmp_path.iterdir())) == 1
+
+    def fail(*args):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr(complexity, "measure", fail)
+    other_seed_and_weights = {**cfg, "pretrained": "x.pth", "gamma": 0.9}
+    assert complexity.measure_cached(model, other_seed_and_weights, 4, (64, 64), tmp_path) == first
+    with pytest.raises(AssertionError, match="counted again"):  # another K, size or width is counted
+        complexity.measure_cached(model, cfg, 5, (64, 64), tmp_path)
+    with pytest.raises(AssertionError, match="counted again"):
+        complexity.measure_cached(model, {**cfg, "decoder_channels": 32}, 4, (64, 64), tmp_path)

@@ -1,0 +1,76 @@
+"""`harness run FILE --smoke`: the real matrix, every cell, on generated data in each dataset's layout."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_harness
+from harness import matrix, smoke
+from harness.store import Store
+
+TABLE2 = ROOT / "experiments" / "table2.yaml"
+PAPER_SIZES = {"ade20k": [512, 512], "coco_stuff10k": [512, 512], "cityscapes": [1024, 2048]}
+
+
+def test_table2_lists_24_cells_and_its_smoke_plan_shrinks_every_cell_but_the_counted_size(tmp_path):
+    real = matrix.load(TABLE2)
+    plan = matrix.load(TABLE2, smoke_results=tmp_path)
+    assert len(real.runs) == len(plan.runs) == 24 and plan.name == "table2-smoke" and real.name == "table2"
+    assert not {r.run_id for r in real.runs} & {r.run_id for r in plan.runs}
+    families = {(r.value("model.backbone"), r.value("model.decoder")) for r in plan.runs}
+    assert families == {("resnet101", "fcn"), ("hrnet_w48", "hrnet"), ("swin_base", "upernet"),
+                        ("mit_b4", "segformer")}
+    for run in plan.runs:
+        dataset = run.value("data.dataset")
+        assert run.value("train.iterations") == 2 and run.value("data.crop_size") == [64, 64]
+        assert run.value("model.pretrained") is None
+        assert run.value("data.root") == str(tmp_path.resolve() / ".smoke-data" / dataset)
+        assert run.value("eval.complexity_size") == PAPER_SIZES[dataset]
+    recipe = {r.value("model.backbone"): r for r in real.runs}
+    assert recipe["mit_b4"].value("train.head_lr_mult") == 10 and recipe["mit_b4"].value("train.optimizer") == "adamw"
+    assert recipe["swin_base"].value("model.drop_path") == 0.3 and recipe["swin_base"].value("model.aux_head")
+    assert recipe["resnet101"].value("model.output_stride") == 8
+
+
+def _small_matrix(tmp_path) -> tuple:
+    doc = {"sweep": "paperlike", "base": {"model": {"backbone": "resnet18", "decoder": "fcn", "aux_head": True},
+                                          "data": {"root": "${PROTOSEG_DATA}/unused"},
+                                          "train": {"iterations": 300}},
+           "matrix": {"data.dataset": ["ade20k", "cityscapes"], "model.head": ["parametric"]},
+           "include": [{"data.dataset": "coco_stuff10k", "model.head": "nonparametric"}],
+           "executor": {"backend": "local", "jobs": 2}}
+    path = tmp_path / "paperlike.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path, tmp_path / "results"
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_cell_on_fixtures_into_its_own_sweep(tmp_path):
+    path, results = _small_matrix(tmp_path)
+    proc = run_harness("run", path, "--smoke", results=results, env={"PROTOSEG_DATA": ""})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (results / "paperlike").exists()  # never mixed with the real sweep
+    store = Store(results, "paperlike-smoke")
+    metrics = [json.loads((store.run_dir(rid) / "metrics.json").read_text()) for rid in store.run_ids()]
+    assert sorted(m["spec"]["data"]["dataset"] for m in metrics) == ["ade20k", "cityscapes", "coco_stuff10k"]
+    assert {m["num_classes"] for m in metrics} == {150, 19, 171}
+    assert all(m["iterations"] == 2 and "aux" in m["history"][-1] for m in metrics)
+    for dataset in ("ade20k", "cityscapes", "coco_stuff10k"):
+        assert (results / ".smoke-data" / dataset / ".complete").exists()
+    again = run_harness("run", path, "--smoke", results=results)
+    assert again.returncode == 0 and again.stdout.count("skip (done)") == 3, again.stdout
+
+
+@pytest.mark.slow
+def test_table2_smoke_completes_every_cell(tmp_path):
+    """The whole paper matrix end to end on this CPU (the real architectures; a few minutes)."""
+    results = tmp_path / "results"
+    proc = run_harness("run", TABLE2, "--smoke", results=results, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = run_harness("report", "table2-smoke", results=results)
+    assert report.returncode == 0, report.stderr
+    for backbone in ("resnet101", "hrnet_w48", "swin_base", "mit_b4"):
+        assert backbone in report.stdout
+    assert len(list(Store(results, "table2-smoke").run_ids())) == 24
