@@ -286,7 +286,7 @@ def cmd_report(args) -> int:
         print("no finished runs (no metrics.json) to report", file=sys.stderr)
         return 1
     agg = report.aggregate(frame)
-    text = report.render(agg, args.format, report.caption(frame))
+    text = report.render(agg, args.format, report.caption(frame, agg))
     if args.out:
         from protoseg.io import atomic_write_text
 

@@ -20,8 +20,9 @@ from protoseg.io import load_yaml
 
 from .store import read_metrics
 
-PAPER_FILE = Path(__file__).resolve().parents[1] / "results" / "paper" / "protoseg_cvpr22.yaml"
-UNKNOWN = "n/a"  # the paper's number is not transcribed (see results/paper/)
+REFERENCES = Path(__file__).resolve().parents[1] / "results" / "paper"
+REFERENCE = "ref "  # prefix of the aggregate's reference columns
+UNKNOWN = "n/a"  # a reference column's number is not transcribed for this row (see results/paper/)
 # Spec fields with a place of their own in the table; any other field that varies goes into the method label.
 PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "model.num_prototypes", "train.seed"}
 SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_total", "macs", "flops", "train_time_s",
@@ -109,17 +110,25 @@ def method_labels(frame: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def load_paper(path: Path = PAPER_FILE) -> list[dict]:
-    if not path.exists():
-        return []
-    return (load_yaml(path.read_text()) or {}).get("entries", [])
+def load_references(folder: Path = REFERENCES) -> dict[str, list[dict]]:
+    """{column name: entries} of every results/paper/*.yaml (its `column:` names the report's column)."""
+    references: dict[str, list[dict]] = {}
+    for path in sorted(Path(folder).glob("*.yaml")) if Path(folder).is_dir() else []:
+        doc = load_yaml(path.read_text()) or {}
+        references.setdefault(doc.get("column", path.stem), []).extend(doc.get("entries", []))
+    return references
 
 
-def _paper_value(entries: list[dict], dataset: str, backbone: str, head: str, prototypes) -> float | None:
+def _reference_value(entries: list[dict], row) -> float | None:
+    """The first entry of the row's dataset, backbone and head (and its decoder and M where the entry gives
+    them); None where there is none."""
     for entry in entries:
-        if (entry.get("dataset"), entry.get("backbone"), entry.get("head")) != (dataset, backbone, head):
+        if (entry.get("dataset"), entry.get("backbone"), entry.get("head")) != (
+                row["data.dataset"], row["model.backbone"], row["head"]):
             continue
-        if head == "nonparametric" and entry.get("num_prototypes") not in (None, prototypes):
+        if entry.get("decoder") not in (None, row["model.decoder"]):
+            continue
+        if row["head"] == "nonparametric" and entry.get("num_prototypes") not in (None, row["prototypes"]):
             continue
         return entry.get("mIoU")
     return None
@@ -132,7 +141,7 @@ def sorted_runs(frame: pd.DataFrame) -> pd.DataFrame:
         ["model.backbone", "_order", "model.num_prototypes", "train.seed"]).drop(columns="_order")
 
 
-def aggregate(frame: pd.DataFrame, paper: list[dict] | None = None) -> pd.DataFrame:
+def aggregate(frame: pd.DataFrame, references: dict[str, list[dict]] | None = None) -> pd.DataFrame:
     """Long table: one row per (backbone, decoder, method, dataset) with mean/std over seeds."""
     frame = sorted_runs(frame)
     frame["method"] = method_labels(frame)
@@ -147,10 +156,16 @@ def aggregate(frame: pd.DataFrame, paper: list[dict] | None = None) -> pd.DataFr
     base = out[out["head"] == "parametric"].set_index(same)["mIoU_mean"]
     parametric = pd.Series([base.get(key, np.nan) for key in zip(*(out[c] for c in same))], index=out.index)
     out["gain"] = (out["mIoU_mean"] - parametric).where(out["head"] != "parametric")
-    entries = paper if paper is not None else load_paper()
-    out["paper"] = [_paper_value(entries, r["data.dataset"], r["model.backbone"], r["head"], r["prototypes"])
-                    for _, r in out.iterrows()]
+    references = load_references() if references is None else references
+    for column, entries in references.items():
+        out[REFERENCE + column] = [_reference_value(entries, row) for _, row in out.iterrows()]
     return out
+
+
+def reference_columns(agg: pd.DataFrame, dataset: str) -> list[str]:
+    """The reference columns (results/paper/) that hold a number for some row of `dataset`."""
+    rows = agg[agg["data.dataset"] == dataset]
+    return [c for c in agg.columns if c.startswith(REFERENCE) and rows[c].notna().any()]
 
 
 def _number(value, digits=1, signed=False) -> str:
@@ -172,8 +187,10 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
                "#Params (M)": _number(first["params_learnable"] / 1e6, 2), "GMACs": _number(first["macs"] / 1e9, 1)}
         for dataset in datasets:
             cell = group[group["data.dataset"] == dataset]
+            references = reference_columns(agg, dataset)
             if cell.empty:
-                row.update({f"{dataset} mIoU": "", f"{dataset} gain": "", f"{dataset} paper": ""})
+                row.update({f"{dataset} mIoU": "", f"{dataset} gain": ""})
+                row.update({f"{dataset} {c.removeprefix(REFERENCE)}": "" for c in references})
                 row.update({f"{dataset} {name}": "" for name, _ in extra.values()})
                 means[dataset].append(np.nan)
                 continue
@@ -181,7 +198,9 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
             spread = f"{pm}{c['mIoU_std']:.1f}" if c["seeds"] > 1 else ""
             row[f"{dataset} mIoU"] = f"{c['mIoU_mean']:.1f}{spread}"
             row[f"{dataset} gain"] = _number(c["gain"], 1, signed=True)
-            row[f"{dataset} paper"] = UNKNOWN if c["paper"] is None else f"{c['paper']:.1f}"
+            for column in references:
+                value = c[column]
+                row[f"{dataset} {column.removeprefix(REFERENCE)}"] = UNKNOWN if pd.isna(value) else f"{value:.1f}"
             row.update({f"{dataset} {name}": _number(c[column], digits) for column, (name, digits) in extra.items()})
             means[dataset].append(c["mIoU_mean"])
         rows.append(row)
@@ -217,13 +236,19 @@ def _latex_text(text: str) -> str:
     return text
 
 
-def caption(frame: pd.DataFrame) -> str:
+def caption(frame: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
     sizes = sorted({"x".join(map(str, size)) for size in frame.get("eval.complexity_size", pd.Series()).dropna()})
     iters = sorted(set(frame.get("train.iterations", pd.Series(dtype=int)).dropna()))
     parts = [f"mIoU (%) on the val split, mean ± std over seeds where there are several; "
              f"gain = ProtoSeg minus the parametric head on the same backbone; "
              f"GMACs = multiply-accumulates (the papers' \"GFLOPs\") at input {', '.join(sizes)}; "
-             f"#Params = learnable parameters; paper = {UNKNOWN} where results/paper/ has no number."]
+             f"#Params = learnable parameters."]
+    shown = sorted({c.removeprefix(REFERENCE) for d in set(frame["data.dataset"]) for c in
+                    (reference_columns(agg, d) if agg is not None else [])})
+    if shown:
+        parts.append(f"Reference columns ({', '.join(shown)}): the numbers in results/paper/ (paper = the "
+                     f"official ProtoSeg release, mmseg = the MMSegmentation model zoo); {UNKNOWN} where it has "
+                     f"none for that row.")
     if iters:
         parts.append(f"Iterations: {', '.join(map(str, iters))}.")
     extra = extra_columns(frame)

@@ -78,7 +78,8 @@ def test_bad_input_is_refused_with_exit_code_2(finished_run, tmp_path, capsys):
 def test_report_shows_evaluation_files_and_diagnostics_as_extra_columns(finished_run):
     evaluate_run(finished_run, split="train")
     frame = report.load_runs([finished_run.parent])
-    table = report.render(report.aggregate(frame), "md", report.caption(frame))
+    agg = report.aggregate(frame)
+    table = report.render(agg, "md", report.caption(frame, agg))
     header = table.splitlines()[0]
     for column in ("synthetic eval-train-whole mIoU", "synthetic diversity", "synthetic protos used"):
         assert column in header
@@ -90,7 +91,24 @@ def test_report_of_runs_without_them_keeps_the_default_columns():
     frame = report.load_runs([FIXTURE_SWEEP])
     table = report.paper_table(report.aggregate(frame))
     assert list(table.columns) == ["Backbone", "Method", "#Params (M)", "GMACs", "synthetic mIoU",
-                                   "synthetic gain", "synthetic paper"]
+                                   "synthetic gain"]  # no reference column: results/paper/ has none for it
+
+
+def test_reference_columns_appear_where_a_reference_exists_and_say_when_one_is_missing():
+    frame = report.load_runs([FIXTURE_SWEEP])
+    frame["model.backbone"] = "hrnet_w48"
+    frame["data.dataset"] = "cityscapes"
+    agg = report.aggregate(frame)
+    table = report.paper_table(agg)
+    assert {"cityscapes paper", "cityscapes mmseg"} <= set(table.columns)
+    parametric = table[table["Method"] == "parametric"].iloc[0]
+    assert parametric["cityscapes paper"] == "79.0" and parametric["cityscapes mmseg"] == "79.9"
+    protoseg = table[table["Method"] != "parametric"]
+    assert set(protoseg["cityscapes mmseg"]) == {report.UNKNOWN}  # mmseg has no ProtoSeg row
+    assert "mmseg = the MMSegmentation model zoo" in report.caption(frame, agg)
+    own = report.aggregate(frame, references={"mine": [{"dataset": "cityscapes", "backbone": "hrnet_w48",
+                                                        "head": "parametric", "decoder": "fcn", "mIoU": 1.0}]})
+    assert "cityscapes mine" not in report.paper_table(own).columns  # another decoder: no match, no column
 
 
 # ---------------------------------------------------------------- CamVid layout

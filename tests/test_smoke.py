@@ -74,3 +74,17 @@ def test_table2_smoke_completes_every_cell(tmp_path):
     for backbone in ("resnet101", "hrnet_w48", "swin_base", "mit_b4"):
         assert backbone in report.stdout
     assert len(list(Store(results, "table2-smoke").run_ids())) == 24
+
+
+def test_ablations_file_plans_the_official_cell_and_one_cell_per_changed_value():
+    runs = matrix.load(ROOT / "experiments" / "ablations.yaml").runs
+    official = {"model.num_prototypes": 10, "model.gamma": 0.999, "model.ppc_weight": 0.01,
+                                "model.ppd_weight": 0.001, "model.update_assignment": "gumbel",
+                                "model.ppc_temperature": 1.0, "model.proj_norm": "width"}
+    proto = [r for r in runs if r.value("model.head") == "nonparametric"]
+    changed = sorted(tuple(sorted((k, r.value(k)) for k in official if r.value(k) != official[k]))
+                     for r in proto)
+    assert changed.count(()) == 1 and len(runs) == 15 and len(proto) == 14
+    for key, values in (("model.num_prototypes", {1, 5, 20}), ("model.gamma", {0.0, 0.9, 0.99, 0.9999})):
+        assert {dict(c).get(key) for c in changed if dict(c).get(key) is not None} == values
+    assert (("model.ppc_weight", 0.0), ("model.ppd_weight", 0.0)) in changed
