@@ -176,8 +176,6 @@ def test_bad_decoder_name_is_a_clear_error():
     ({"backbone": "mit_b4", "decoder": "segformer", "decoder_channels": 768}, 64.1e6),  # SegFormer paper
 ])
 def test_paper_pairs_have_the_published_parameter_count_at_k150(model, published):
-    from protoseg.complexity import count_params
-
     cfg = config.resolve({"model": {**model, "head": "parametric"}})["model"]
     learnable = count_params(build_model(cfg, 150))["params_learnable"]  # the aux head is left out, as published
     assert abs(learnable - published) / published < 0.03, learnable
