@@ -181,13 +181,19 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
     pm = " $\\pm$ " if latex else " ± "
     extra = {c: DIAGNOSTICS.get(c, (f"{c} mIoU", 1)) for c in extra_columns(agg)}
     rows, means = [], {d: [] for d in datasets}
+    per_dataset = len(datasets) > 1
     for (backbone, decoder, method), group in agg.groupby(["model.backbone", "model.decoder", "method"], sort=False):
         first = group.iloc[0]
-        row = {"Backbone": backbone + (f" + {decoder}" if decoders else ""), "Method": method,
-               "#Params (M)": _number(first["params_learnable"] / 1e6, 2), "GMACs": _number(first["macs"] / 1e9, 1)}
+        row = {"Backbone": backbone + (f" + {decoder}" if decoders else ""), "Method": method}
+        if not per_dataset:
+            row.update({"#Params (M)": _number(first["params_learnable"] / 1e6, 2),
+                        "GMACs": _number(first["macs"] / 1e9, 1)})
         for dataset in datasets:
             cell = group[group["data.dataset"] == dataset]
             references = reference_columns(agg, dataset)
+            if per_dataset:  # K and the input size differ: so do the counts
+                row[f"{dataset} #Params (M)"] = "" if cell.empty else _number(cell.iloc[0]["params_learnable"] / 1e6, 2)
+                row[f"{dataset} GMACs"] = "" if cell.empty else _number(cell.iloc[0]["macs"] / 1e9, 1)
             if cell.empty:
                 row.update({f"{dataset} mIoU": "", f"{dataset} gain": ""})
                 row.update({f"{dataset} {c.removeprefix(REFERENCE)}": "" for c in references})
@@ -236,8 +242,34 @@ def _latex_text(text: str) -> str:
     return text
 
 
+def protocol_text(row) -> str:
+    """How a run was scored: 'whole image, resized into 2048x512' or 'slide 1024x1024 stride 768', ..."""
+    mode = "whole image" if row["eval.mode"] == "whole" else \
+        f"slide {'x'.join(map(str, row['eval.crop_size']))} stride {'x'.join(map(str, row['eval.stride']))}"
+    parts = [mode]
+    if row.get("eval.resize"):
+        parts.append(f"resized into {'x'.join(map(str, row['eval.resize']))}")
+    if tuple(row["eval.scales"]) != (1.0,):
+        parts.append(f"scales {', '.join(map(str, row['eval.scales']))}")
+    if row["eval.flip"]:
+        parts.append("flip")
+    return ", ".join(parts)
+
+
+def _protocols(frame: pd.DataFrame) -> str:
+    """'ade20k: whole image, resized into 2048x512; cityscapes: slide ... (hrnet_w48: whole image)'."""
+    texts = []
+    for dataset, group in frame.groupby("data.dataset", sort=False):
+        by_protocol = group.assign(_p=[protocol_text(r) for _, r in group.iterrows()]).groupby("_p", sort=False)
+        common = max(by_protocol.groups, key=lambda p: len(by_protocol.groups[p]))
+        others = [f"{', '.join(dict.fromkeys(g['model.backbone']))}: {p}" for p, g in by_protocol if p != common]
+        texts.append(f"{dataset}: {common}" + (f" ({'; '.join(others)})" if others else ""))
+    return "; ".join(texts)
+
+
 def caption(frame: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
-    sizes = sorted({"x".join(map(str, size)) for size in frame.get("eval.complexity_size", pd.Series()).dropna()})
+    sizes = sorted({f"{dataset} " * (frame["data.dataset"].nunique() > 1) + "x".join(map(str, size))
+                    for dataset, size in zip(frame["data.dataset"], frame["eval.complexity_size"])})
     iters = sorted(set(frame.get("train.iterations", pd.Series(dtype=int)).dropna()))
     parts = [f"mIoU (%) on the val split, mean ± std over seeds where there are several; "
              f"gain = ProtoSeg minus the parametric head on the same backbone; "
@@ -251,6 +283,7 @@ def caption(frame: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
                      f"none for that row.")
     if iters:
         parts.append(f"Iterations: {', '.join(map(str, iters))}.")
+    parts.append(f"Protocol: {_protocols(frame)}.")
     extra = extra_columns(frame)
     if any(c in DIAGNOSTICS for c in extra):
         parts.append("diversity = mean cosine similarity between a class's prototypes (1 = collapsed); "
