@@ -157,13 +157,16 @@ def cmd_run(args) -> int:
         if not backend.DETACHED:  # a detached backend's runs go on; it said so
             print("interrupted; run the same command again to continue", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
+    if args.smoke:
+        freed = smoke.drop_checkpoints(store, [rid for rid, state in final.items() if state == "done"])
+        print(f"smoke: removed the finished runs' checkpoints ({freed / 2**30:.1f} GiB)")
     counts = {s: list(final.values()).count(s) for s in dict.fromkeys(final.values())}
     print(f"\n{len(final)} run(s) in {time.time() - start:.0f}s: "
           + ", ".join(f"{n} {s}" for s, n in counts.items()) if final else "\nnothing to run")
     frame = report.load_runs([store.dir])
     if not frame.empty:
         agg = report.aggregate(frame)
-        print("\n" + report.render(agg, "md", report.caption(frame)))
+        print("\n" + report.render(agg, "md", report.caption(frame, agg)))
     return _outcome(store, plan, final)
 
 

@@ -57,6 +57,8 @@ def test_smoke_runs_every_cell_on_fixtures_into_its_own_sweep(tmp_path):
     assert sorted(m["spec"]["data"]["dataset"] for m in metrics) == ["ade20k", "cityscapes", "coco_stuff10k"]
     assert {m["num_classes"] for m in metrics} == {150, 19, 171}
     assert all(m["iterations"] == 2 and "aux" in m["history"][-1] for m in metrics)
+    assert not any((store.run_dir(rid) / "checkpoints").exists() for rid in store.run_ids())
+    assert "smoke: removed the finished runs' checkpoints" in proc.stdout
     for dataset in ("ade20k", "cityscapes", "coco_stuff10k"):
         assert (results / ".smoke-data" / dataset / ".complete").exists()
     again = run_harness("run", path, "--smoke", results=results)
