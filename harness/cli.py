@@ -314,13 +314,28 @@ def cmd_evaluate(args) -> int:
                                                  ("eval.resize", args.resize), ("eval.scales", args.scales),
                                                  ("eval.flip", args.flip))
                  if value is not None}
-    try:
-        path, metrics = evaluate_run(args.run_dir, args.split, overrides)
-    except (ValueError, FileNotFoundError) as err:  # a bad setting, an unfinished run, data that does not read
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(_evaluation_lines(args.run_dir, path, metrics)))
-    return 0
+    run_dirs = _finished_runs(args.run_dir, args.results)
+    failed = 0
+    for run_dir in run_dirs:  # one run that cannot be scored does not stop the others
+        try:
+            path, metrics = evaluate_run(run_dir, args.split, overrides)
+        except (ValueError, FileNotFoundError) as err:  # a bad setting, an unfinished run, data that does not read
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print("\n".join(_evaluation_lines(run_dir, path, metrics)))
+    if len(run_dirs) > 1:
+        print(f"\n{len(run_dirs) - failed} of {len(run_dirs)} finished run(s) scored")
+    return 2 if failed else 0
+
+
+def _finished_runs(target: Path, results: Path) -> list[Path]:
+    """A run folder, or every finished run (it has metrics.json) of a sweep given by name or folder."""
+    if (target / "metrics.json").exists() or not (target.is_dir() or (results / target).is_dir()):
+        return [target]  # evaluate_run says what is wrong with it
+    folder = target if target.is_dir() else results / target
+    runs = sorted(p.parent for p in folder.glob("*/metrics.json") if not p.parent.name.startswith("."))
+    return runs or [target]
 
 
 def _evaluation_lines(run_dir: Path, path: Path, metrics: dict) -> list[str]:
@@ -392,8 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plots", help="also write PNG figures to this folder")
     rep.set_defaults(func=cmd_report)
 
-    ev = sub.add_parser("evaluate", help="score a finished run's final weights on a split, data root or protocol")
-    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's folder (it has metrics.json)")
+    ev = add("evaluate", "score a finished run's (or a sweep's finished runs') final weights on a split, data "
+                         "root or protocol")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                    help="a finished run's folder (it has metrics.json), or a sweep (name or folder): all its finished runs")
     ev.add_argument("--split", help="split to score (default: the run's val split)")
     ev.add_argument("--root", help="data root (default: the run's data.root)")
     ev.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the run's eval.mode)")

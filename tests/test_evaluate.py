@@ -61,6 +61,18 @@ def test_resize_protocol_scores_at_the_label_size_and_names_the_file(finished_ru
     assert metrics["eval"]["resize"] == [40, 24] and own["spec"]["eval"].get("resize") is None
 
 
+def test_a_sweep_evaluates_every_finished_run_and_one_bad_run_stops_none(finished_run, tmp_path, capsys):
+    sweep = tmp_path / "results" / "tiny"
+    for name in ("a", "b"):
+        shutil.copytree(finished_run, sweep / name)
+    shutil.copytree(FIXTURE_SWEEP / "4c210067d4ab", sweep / "nocheckpoints")  # finished, weights gone
+    (sweep / "unfinished").mkdir()
+    code = cli.main(["evaluate", "tiny", "--results", str(tmp_path / "results"), "--flip"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "2 of 3 finished run(s) scored" in out and "nocheckpoints" in err
+    assert all((sweep / name / "eval-val-whole-flip.json").exists() for name in ("a", "b"))
+
+
 def test_bad_input_is_refused_with_exit_code_2(finished_run, tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     shutil.copytree(finished_run, unfinished)
