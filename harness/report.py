@@ -26,10 +26,11 @@ UNKNOWN = "n/a"  # a reference column's number is not transcribed for this row (
 # Spec fields with a place of their own in the table; any other field that varies goes into the method label.
 PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "model.num_prototypes", "train.seed"}
 SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_total", "macs", "flops", "train_time_s",
-           "prototype_diversity", "prototypes_used")
+           "prototype_diversity", "prototypes_used", "inference_fps", "train_img_s", "device")
 # Columns shown only where some run has them: {metric: (its column's name after the dataset, digits)}.
 # Besides these, one column per `harness evaluate` file name (its mIoU).
-DIAGNOSTICS = {"prototype_diversity": ("diversity", 3), "prototypes_used": ("protos used", 2)}
+DIAGNOSTICS = {"prototype_diversity": ("diversity", 3), "prototypes_used": ("protos used", 2),
+               "inference_fps": ("FPS", 1)}
 EVAL_NAME = re.compile(r"eval-[A-Za-z0-9_-]+")  # protoseg/evaluate.py file_name()
 
 
@@ -285,9 +286,13 @@ def caption(frame: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
         parts.append(f"Iterations: {', '.join(map(str, iters))}.")
     parts.append(f"Protocol: {_protocols(frame)}.")
     extra = extra_columns(frame)
-    if any(c in DIAGNOSTICS for c in extra):
+    if any(c in ("prototype_diversity", "prototypes_used") for c in extra):
         parts.append("diversity = mean cosine similarity between a class's prototypes (1 = collapsed); "
                      "protos used = prototypes per class nearest to at least one validation pixel of it.")
+    if "inference_fps" in extra:
+        devices = sorted(set(frame.get("device", pd.Series(dtype=str)).dropna()))
+        parts.append(f"FPS = validation images per second at batch 1, the whole inference protocol "
+                     f"(MMSegmentation's benchmark convention){' on ' + ', '.join(devices) if devices else ''}.")
     if any(c not in DIAGNOSTICS for c in extra):
         parts.append("eval-... mIoU = the final weights scored by harness evaluate (the name gives the split, "
                      "the inference protocol and, for another data root, a hash of it).")

@@ -110,6 +110,8 @@ DEFAULTS: dict[str, Any] = {
         "scales": [1.0],               # multi-scale: logits summed over scales
         "flip": False,                 # also sum the flipped image's logits
         "complexity_size": [512, 512], # [h, w] input for parameter / MAC / FLOP counts
+        "fps_images": 200,             # inference FPS over this many val images at batch 1 (0 = off),
+        "fps_warmup": 5,               # after this many untimed (MMSegmentation's benchmark tool)
     },
 }
 
@@ -212,6 +214,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "eval.scales": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and _positive(x)
                                    for x in v)), "a non-empty list of numbers > 0"),
     "eval.complexity_size": _SIZE,
+    "eval.fps_images": _count(0),
+    "eval.fps_warmup": _count(0),
 }
 
 

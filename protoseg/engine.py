@@ -37,6 +37,7 @@ from .inference import evaluate, predict_logits
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_yaml
 from .losses import total_loss
 from .optim import build_optimizer, build_scheduler
+from .speed import StepTimes, inference_fps, peak_memory
 from .models import build_model
 
 log = logging.getLogger("protoseg")
@@ -261,6 +262,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
                desc=run_dir.name, file=sys.stderr,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
     net.train()
+    steps = StepTimes()
     tick = time.perf_counter()
     for it, (images, labels) in enumerate(loader, start=start):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -283,6 +285,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         done = it + 1
         now = time.perf_counter()
         train_time += now - tick
+        steps.add(now - tick)
         tick = now
         bar.update(1)
         if done % tcfg["log_interval"] == 0 or done == iterations:
@@ -325,6 +328,9 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         "train_time_s": train_time,
         "eval_time_s": eval_time,
         "throughput_img_s": iterations * dcfg["batch_size"] / max(train_time, 1e-9),
+        **steps.summary(dcfg["batch_size"]),
+        **(inference_fps(model, val_set, spec["eval"], val_set.num_classes, device) if main else {}),
+        **peak_memory(device),
         "spec": spec,
         "device": str(device),
         "host": platform.node(),

@@ -1,0 +1,68 @@
+"""How fast a run is: training throughput after warm-up, peak memory, and inference FPS by the
+convention of MMSegmentation's benchmark tool (batch 1, a warm-up, then a fixed count of images, timed
+with device synchronisation)."""
+from __future__ import annotations
+
+import itertools
+import resource
+import time
+
+import torch
+
+from .inference import predict_logits
+
+WARMUP_STEPS = 5  # training steps of an attempt left out of its throughput (allocation, autotuning)
+
+
+class StepTimes:
+    """The wall time of each training step of this attempt (a step ends when its loss reached the host)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        self.times.append(seconds)
+
+    def summary(self, batch_size: int) -> dict:
+        steady = self.times[WARMUP_STEPS:]
+        if not steady:
+            return {"train_s_per_iter": None, "train_img_s": None}
+        per_iter = sum(steady) / len(steady)
+        return {"train_s_per_iter": per_iter, "train_img_s": batch_size / per_iter}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def inference_fps(model, dataset, eval_cfg: dict, num_classes: int, device: torch.device) -> dict:
+    """Images per second of the full inference protocol (eval.mode, resize, scales, flip) at batch 1 over
+    the validation images, cycled: eval.fps_warmup untimed, then eval.fps_images timed."""
+    count, warmup = eval_cfg["fps_images"], eval_cfg["fps_warmup"]
+    if not count or len(dataset) == 0:
+        return {"inference_fps": None}
+    was_training = model.training
+    model.eval()
+    try:
+        samples = itertools.cycle(range(len(dataset)))
+        start = None
+        for i in range(warmup + count):
+            if i == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            image, _ = dataset[next(samples)]
+            predict_logits(model, image[None].to(device), eval_cfg, num_classes)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    return {"inference_fps": count / elapsed}
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak resident memory of this process (MiB) and, on CUDA, the peak allocated by torch."""
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"peak_rss_mib": rss_mib, "peak_gpu_mib": gpu}
