@@ -18,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .matrix import settings_text
 from .store import Store, load_spec, owner
 
 HEARTBEAT_S = 5.0
@@ -35,6 +36,13 @@ def _die_with_parent() -> None:
 def store_of(run_dir: Path) -> tuple[Store, str]:
     run_dir = Path(run_dir).resolve()
     return Store(run_dir.parent.parent, run_dir.parent.name), run_dir.name
+
+
+def board_dir(store: Store, rid: str) -> Path:
+    """Where a run's TensorBoard events go: named by its settings, so `tensorboard --logdir
+    results/<sweep>` tells the runs apart ('head=parametric seed=0 (e630d51a9ce1)')."""
+    label = settings_text(store.status(rid).get("settings") or {}).replace("/", "_")
+    return store.dir / ".tensorboard" / (f"{label} ({rid})" if label else rid)
 
 
 def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = None,
@@ -69,7 +77,7 @@ def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = No
     threading.Thread(target=beat, daemon=True).start()
     try:
         metrics = engine.run(load_spec(store.run_dir(rid)), store.run_dir(rid),
-                             stop=lambda: stop.is_set() or cancel.exists())
+                             stop=lambda: stop.is_set() or cancel.exists(), board_dir=board_dir(store, rid))
         store.update(rid, state="done", mIoU=metrics["mIoU"], finished=time.time(), error=None)
         return 0
     except engine.Interrupted as err:

@@ -37,6 +37,7 @@ from .inference import evaluate, predict_logits
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_yaml
 from .losses import total_loss
 from .optim import build_optimizer, build_scheduler
+from .board import Board
 from .speed import StepTimes, inference_fps, peak_memory
 from .models import build_model
 
@@ -151,8 +152,10 @@ def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, count: 
     atomic_write_bytes(run_dir / "predictions.npz", buffer.getvalue())
 
 
-def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None) -> dict:
-    """Train, evaluate and write `run_dir/metrics.json`; return the metrics.
+def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
+        board_dir: str | Path | None = None) -> dict:
+    """Train, evaluate and write `run_dir/metrics.json`; return the metrics. TensorBoard event files go
+    to `board_dir` (default `run_dir/tensorboard`).
 
     `stop` is polled once per iteration: when it returns True a checkpoint is
     written and `Interrupted` is raised (preemption, SIGTERM, a Tune stop).
@@ -169,7 +172,8 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None)
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_yaml(run_dir / "spec.yaml", spec)
             handler = _attach_log(run_dir)
-        return _train(spec, run_dir, stop or (lambda: False), rank, world)
+        return _train(spec, run_dir, stop or (lambda: False), rank, world,
+                      Path(board_dir) if board_dir else run_dir / "tensorboard")
     except Exception as err:
         if isinstance(err, Interrupted):
             log.info("%s", err)
@@ -215,7 +219,7 @@ def _resume(run_dir: Path, stateful: dict, rank: int, world: int, seed: int) -> 
     return state["iteration"], state["history"], state["evals"], state["train_time"]
 
 
-def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int) -> dict:
+def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int, board_dir: Path) -> dict:
     mcfg, dcfg, tcfg = spec["model"], spec["data"], spec["train"]
     main = rank == 0
     device = pick_device(tcfg["device"])
@@ -263,6 +267,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
                mininterval=1.0 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
     net.train()
     steps = StepTimes()
+    board = Board(board_dir, purge_step=start + 1 if start else None) if main else None
     tick = time.perf_counter()
     for it, (images, labels) in enumerate(loader, start=start):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -294,6 +299,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
             history.append(record)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{record['lr']:.2e}")
             log.info("iter %d/%d loss %.4f lr %.3e", done, iterations, value, record["lr"])
+            if board is not None:
+                board.train(done, value, part_values, record["lr"], steps.recent(dcfg["batch_size"]))
             if main:
                 atomic_write_json(run_dir / "progress.json", {
                     "iteration": done, "iterations": iterations, "loss": value,
@@ -302,6 +309,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done < iterations:
             result = run_eval()
             evals.append(_eval_record(done, result))
+            if board is not None:
+                board.evaluation(done, result)
             log.info("iter %d eval mIoU %s%s", done, result["mIoU"], diagnostics.describe(result))
             tick = time.perf_counter()
         interrupted = distributed.any_rank(stop())
@@ -310,12 +319,17 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
             tick = time.perf_counter()
         if interrupted and done < iterations:
             bar.close()
+            if board is not None:
+                board.close()
             raise Interrupted(f"{run_dir}: stopped at iteration {done}; checkpoint saved")
     bar.close()
 
     eval_start = time.perf_counter()
     result = run_eval()
     eval_time = time.perf_counter() - eval_start
+    if board is not None:
+        board.evaluation(iterations, result)
+        board.close()
     size = tuple(spec["eval"]["complexity_size"])
     metrics = {
         **result,

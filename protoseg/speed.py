@@ -23,6 +23,11 @@ class StepTimes:
     def add(self, seconds: float) -> None:
         self.times.append(seconds)
 
+    def recent(self, batch_size: int, count: int = 10) -> float | None:
+        """Images per second over the last `count` steps (past the warm-up), for live curves."""
+        steady = self.times[WARMUP_STEPS:][-count:]
+        return batch_size * len(steady) / sum(steady) if steady else None
+
     def summary(self, batch_size: int) -> dict:
         steady = self.times[WARMUP_STEPS:]
         if not steady:

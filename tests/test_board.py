@@ -1,0 +1,49 @@
+"""TensorBoard event files of every run, read back with tensorboard's own reader."""
+from __future__ import annotations
+
+import pytest
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+from conftest import run_harness, tiny_experiment
+
+
+def _scalars(logdir) -> dict:
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    return {run: {tag: [(e.step, e.value) for e in multiplexer.Scalars(run, tag)]
+                  for tag in multiplexer.GetAccumulator(run).Tags()["scalars"]}
+            for run in multiplexer.Runs()}
+
+
+@pytest.mark.slow
+def test_each_run_of_a_sweep_writes_its_curves_named_by_its_settings(tmp_path):
+    path = tiny_experiment(tmp_path, "board", {"model.head": ["parametric", "nonparametric"]}, None, 4,
+                           {"backend": "local", "jobs": 2}, eval_interval=2, log_interval=1)
+    results = tmp_path / "results"
+    proc = run_harness("run", path, results=results)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = _scalars(results / "board")
+    assert sorted(name.split(" (")[0] for name in runs) == [".tensorboard/head=nonparametric",
+                                                            ".tensorboard/head=parametric"]
+    for name, tags in runs.items():
+        assert [step for step, _ in tags["train/loss"]] == [1, 2, 3, 4]
+        assert {"train/ce", "train/lr", "val/mIoU"} <= set(tags)
+        assert [step for step, _ in tags["val/mIoU"]] == [2, 4]
+        if "nonparametric" in name:
+            assert {"train/ppc", "train/ppd", "val/prototype_diversity", "val/prototypes_used"} <= set(tags)
+        else:
+            assert "val/prototype_diversity" not in tags
+
+
+def test_a_resumed_run_shows_each_step_once(tmp_path):
+    from conftest import tiny_spec
+    from protoseg import engine
+
+    spec = tiny_spec(train={"iterations": 6, "log_interval": 1, "checkpoint_interval": 2})
+    calls = iter(range(100))
+    with pytest.raises(engine.Interrupted):
+        engine.run(spec, tmp_path / "run", stop=lambda: next(calls) >= 2)  # stops after step 3
+    engine.run(spec, tmp_path / "run")
+    (steps,) = [[s for s, _ in tags["train/loss"]] for tags in _scalars(tmp_path / "run" / "tensorboard").values()]
+    assert steps == [1, 2, 3, 4, 5, 6]
