@@ -265,6 +265,19 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    from . import estimate, matrix
+
+    sweep = matrix.load(args.file, matrix.parse_overrides(args.set), args.profile, select=_selector(args.only))
+    if not sweep.runs:
+        raise MatrixError(f"{args.file}: --only {args.only!r} matches none of its {sweep.cells} cells")
+    rows = estimate.estimate(sweep, args.steps, args.iterations)
+    from protoseg.engine import pick_device
+
+    print(estimate.render(rows, str(pick_device(sweep.runs[0].value("train.device")))))
+    return 0
+
+
 def cmd_status(args) -> int:
     stores = _sweeps(args.results, args.target)
     if not stores:
@@ -406,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="write the table to this file")
     rep.add_argument("--plots", help="also write PNG figures to this folder")
     rep.set_defaults(func=cmd_report)
+
+    est = add("estimate", "time each distinct model of an experiment here: wall time per cell, device-hours")
+    est.add_argument("file")
+    est.add_argument("--profile", help="a SLURM profile (slurm/profiles/NAME.yaml): processes per run, time limit")
+    est.add_argument("--only", help="the cells to estimate, as for run")
+    est.add_argument("--steps", type=int, default=3, help="timed training steps per distinct model (default 3)")
+    est.add_argument("--iterations", type=int, help="estimate with this many iterations per cell instead")
+    est.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for run")
+    est.set_defaults(func=cmd_estimate)
 
     ev = add("evaluate", "score a finished run's (or a sweep's finished runs') final weights on a split, data "
                          "root or protocol")

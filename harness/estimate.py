@@ -1,0 +1,99 @@
+"""`harness estimate FILE`: how long a sweep will take, before it is submitted.
+
+Each distinct model of the sweep (architecture, class count, crop, per-device batch, optimizer, AMP) is
+built once, with random weights, and a few training steps are timed on this machine or GPU at the cell's
+real crop and per-device batch (the global batch over the executor's tasks_per_node x nodes). A cell's
+expected wall time is its iterations x the time per step (evaluation and start-up left out); its
+device-hours are that x its processes. With a SLURM executor, a cell that cannot finish within
+timeout_min x (max_timeouts + 1) is flagged."""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from tqdm import tqdm
+
+from protoseg import config
+from protoseg.engine import pick_device
+from protoseg.losses import total_loss
+from protoseg.models import build_model
+from protoseg.optim import build_optimizer
+
+from .matrix import RunSpec, Sweep, settings_text
+
+
+def processes(executor: dict) -> int:
+    return int(executor.get("tasks_per_node", 1)) * int(executor.get("nodes", 1))
+
+
+def _key(run: RunSpec, world: int) -> str:
+    spec = run.spec
+    model = {k: v for k, v in spec["model"].items() if k != "pretrained"}
+    return json.dumps([model, config.num_classes(config.flatten(spec)), spec["data"]["crop_size"],
+                       spec["data"]["batch_size"] // world, spec["train"]["optimizer"], spec["train"]["amp"],
+                       spec["train"]["device"]], sort_keys=True)
+
+
+def time_step(spec: dict, batch: int, steps: int) -> float:
+    """Seconds per training step (forward, loss, backward, optimizer) after one untimed step."""
+    device = pick_device(spec["train"]["device"])
+    k = config.num_classes(config.flatten(spec))
+    model = build_model({**spec["model"], "pretrained": None}, k).to(device).train()
+    optimizer = build_optimizer(model, spec["train"])
+    h, w = spec["data"]["crop_size"]
+    images = torch.randn(batch, 3, h, w, device=device)
+    labels = torch.randint(0, k, (batch, h, w), device=device)
+    amp = spec["train"]["amp"] and device.type == "cuda"
+    start = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        with torch.autocast(device_type=device.type, enabled=amp):
+            loss, _ = total_loss(model(images, labels), labels, spec["model"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, progress: bool = True) -> list[dict]:
+    """One row per cell: run_id, settings, s_per_iter, iterations, wall_h, device_h, limit_h (or None)."""
+    world = processes(sweep.executor)
+    timed: dict[str, float] = {}
+    groups: dict[str, RunSpec] = {}
+    for run in sweep.runs:
+        groups.setdefault(_key(run, world), run)
+    for key, run in tqdm(groups.items(), desc="timing each distinct model", unit="model", disable=not progress):
+        spec = run.spec
+        timed[key] = time_step(spec, max(spec["data"]["batch_size"] // world, 1), steps)
+    limit = None
+    if "timeout_min" in sweep.executor:
+        limit = sweep.executor["timeout_min"] * (sweep.executor.get("max_timeouts", 0) + 1) / 60
+    rows = []
+    for run in sweep.runs:
+        per_iter = timed[_key(run, world)]
+        its = iterations or run.value("train.iterations")
+        wall = its * per_iter / 3600
+        rows.append({"run_id": run.run_id, "settings": settings_text(run.settings), "s_per_iter": per_iter,
+                     "iterations": its, "wall_h": wall, "device_h": wall * world, "limit_h": limit,
+                     "models": len(groups)})
+    return rows
+
+
+def render(rows: list[dict], device: str) -> str:
+    width = max((len(r["settings"]) for r in rows), default=0)
+    lines = [f"{len(rows)} cell(s), {rows[0]['models'] if rows else 0} distinct model(s), timed on {device}:"]
+    for r in rows:
+        flag = ""
+        if r["limit_h"] is not None and r["wall_h"] > r["limit_h"]:
+            flag = f"  WARNING: over the {r['limit_h']:.1f} h a job gets (timeout_min x (max_timeouts + 1))"
+        lines.append(f"  {r['run_id']}  {r['settings']:<{width}}  {r['s_per_iter']:8.3f} s/iter x {r['iterations']}"
+                     f" = {r['wall_h']:8.2f} h{flag}")
+    total = sum(r["device_h"] for r in rows)
+    lines.append(f"total: {total:.1f} device-hours (wall x processes per run); evaluation and start-up not included")
+    return "\n".join(lines)
