@@ -1,7 +1,10 @@
 """Training-step time of the nonparametric (ProtoSeg) head over the parametric
-head on the same backbone and decoder, plus eval-mode MACs and parameters.
+head on the same backbone and decoder, plus eval-mode MACs and parameters and,
+with --fps N, the inference FPS of both heads (batch 1, 5 warm-up images, then
+N timed, synchronised: MMSegmentation's benchmark convention).
 
-    python tests/benchmarks/bench_train_step.py [--backbone resnet18] [--size 256] [--batch 2]
+    python tests/benchmarks/bench_train_step.py [--backbone resnet18] [--size 256 [W]] [--batch 2] [--amp]
+                                                [--fps 50]
 """
 from __future__ import annotations
 
@@ -22,9 +25,26 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(model, images, labels, model_cfg, repeats, device) -> tuple[float, float]:
+@torch.no_grad()
+def inference_fps(model, image, count: int, device, amp: bool, warmup: int = 5) -> float:
+    model.eval()
+    try:
+        for i in range(warmup + count):
+            if i == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            with torch.autocast(device_type=device.type, enabled=amp):
+                model(image)
+        _sync(device)
+        return count / (time.perf_counter() - start)
+    finally:
+        model.train()
+
+
+def time_steps(model, images, labels, model_cfg, repeats, device, amp=False) -> tuple[float, float]:
     """Median seconds of one SGD step, and of the prototype learning inside it."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
     learn_times: list[float] = []
     original = PrototypeHead.learn
 
@@ -42,10 +62,13 @@ def time_steps(model, images, labels, model_cfg, repeats, device) -> tuple[float
         for i in range(repeats + 1):  # the first is warm-up
             _sync(device)
             start = time.perf_counter()
-            loss, _ = total_loss(model(images, labels), labels, model_cfg)
+            with torch.autocast(device_type=device.type, enabled=amp):
+                out = model(images, labels)
+            loss, _ = total_loss(out, labels, model_cfg)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             _sync(device)
             if i:
                 steps.append(time.perf_counter() - start)
@@ -57,7 +80,9 @@ def time_steps(model, images, labels, model_cfg, repeats, device) -> tuple[float
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--size", type=int, default=256, help="square crop side")
+    parser.add_argument("--size", type=int, nargs="+", default=[256], help="crop side, or height and width")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    parser.add_argument("--fps", type=int, default=0, help="also time inference of N images at batch 1")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--classes", type=int, default=150)
     parser.add_argument("--dim", type=int, default=720, help="decoder channels = embedding dim D")
@@ -66,24 +91,27 @@ def main():
     parser.add_argument("--complexity-size", type=int, default=512)
     args = parser.parse_args()
     device = torch.device(args.device)
+    amp = args.amp and device.type == "cuda"
+    h, w = (args.size * 2)[:2]
     torch.manual_seed(0)
-    images = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    labels = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
+    images = torch.randn(args.batch, 3, h, w, device=device)
+    labels = torch.randint(0, args.classes, (args.batch, h, w), device=device)
     print(f"device {device}, backbone {args.backbone}, D={args.dim}, K={args.classes}, M=10, "
-          f"batch {args.batch} x {args.size}x{args.size} (N = {args.batch * (args.size // 4) ** 2} pixels at stride 4), "
-          f"threads {torch.get_num_threads()}")
+          f"batch {args.batch} x {h}x{w} (N = {args.batch * (h // 4) * (w // 4)} pixels at stride 4), "
+          f"AMP {amp}, threads {torch.get_num_threads()}")
     rows = {}
     for head in ("parametric", "nonparametric"):
         cfg = config.resolve({"model": {"backbone": args.backbone, "head": head,
                                         "decoder_channels": args.dim}})["model"]
         model = build_model(cfg, args.classes).to(device).train()
-        step, learn = time_steps(model, images, labels, cfg, args.repeats, device)
+        step, learn = time_steps(model, images, labels, cfg, args.repeats, device, amp)
+        fps = inference_fps(model, images[:1], args.fps, device, amp) if args.fps else float("nan")
         size = (args.complexity_size, args.complexity_size)
-        rows[head] = (step, learn, complexity.measure(model, size))
-    print(f"\n{'head':<14} {'step ms':>9} {'proto-learn ms':>15} {'params learnable':>17} {'params total':>13} "
-          f"{'GMACs@' + str(args.complexity_size):>11} {'GFLOPs(torch)':>14}")
-    for head, (step, learn, c) in rows.items():
-        print(f"{head:<14} {step * 1e3:>9.1f} {learn * 1e3:>15.1f} {c['params_learnable'] / 1e6:>16.2f}M "
+        rows[head] = (step, learn, fps, complexity.measure(model, size))
+    print(f"\n{'head':<14} {'step ms':>9} {'proto-learn ms':>15} {'FPS@' + f'{h}x{w}':>13} {'params learnable':>17} "
+          f"{'params total':>13} {'GMACs@' + str(args.complexity_size):>11} {'GFLOPs(torch)':>14}")
+    for head, (step, learn, fps, c) in rows.items():
+        print(f"{head:<14} {step * 1e3:>9.1f} {learn * 1e3:>15.1f} {fps:>13.1f} {c['params_learnable'] / 1e6:>16.2f}M "
               f"{c['params_total'] / 1e6:>12.2f}M {c['macs'] / 1e9:>11.2f} {c['flops'] / 1e9:>14.2f}")
     ratio = rows["nonparametric"][0] / rows["parametric"][0]
     print(f"\nnonparametric / parametric training step: {ratio:.2f}x (target <= 1.2x)")
