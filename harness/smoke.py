@@ -26,6 +26,8 @@ SETTINGS = {
     "train.warmup_iters": 1,
     "eval.crop_size": [64, 64],
     "eval.stride": [48, 48],
+    "eval.fps_images": 2,
+    "eval.fps_warmup": 1,
 }
 FIXTURE_SIZE = (64, 96)  # [h, w] of a fixture's frames
 

@@ -21,7 +21,7 @@ def tiny_spec(**sections) -> dict:
                  "synthetic": {"image_size": [64, 64], "num_train": 8, "num_val": 4}},
         "train": {"iterations": 6, "checkpoint_interval": 2, "log_interval": 1, "progress": False,
                   "threads": 1},
-        "eval": {"complexity_size": [64, 64]},
+        "eval": {"complexity_size": [64, 64], "fps_images": 2, "fps_warmup": 1},
     }
     for name, values in sections.items():
         spec[name].update(values)
