@@ -187,7 +187,7 @@ def test_two_ranks_train_and_rank_0_alone_writes(two_ranks):
                                            "group_still_up": False}
     assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["iter_00000002.pt", "iter_00000004.pt"]
     assert {p.name for p in whole.iterdir()} == {"checkpoints", "metrics.json", "predictions.npz", "progress.json",
-                                                 "spec.yaml", "train.log"}
+                                                 "spec.yaml", "tensorboard", "train.log"}
     assert outcomes["writes", 1] == []  # in any job, rank 1 created, wrote, renamed and deleted nothing
 
 
