@@ -66,6 +66,7 @@ def test_smoke_runs_every_cell_on_fixtures_into_its_own_sweep(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_table2_smoke_completes_every_cell(tmp_path):
     """The whole paper matrix end to end on this CPU (the real architectures; a few minutes)."""
     results = tmp_path / "results"
