@@ -3,6 +3,7 @@ prototype diagnostics against iteration, predictions next to ground truth."""
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -180,7 +181,7 @@ def predictions(frame: pd.DataFrame, results: Path, out: Path, images: int = 3) 
             ax.imshow(picture)
             ax.set_axis_off()
             if i == 0:
-                ax.set_title(title, fontsize=8)
+                ax.set_title(textwrap.fill(title, 24, break_long_words=False), fontsize=8)
     names = first.get("class_names") or []
     if names and len(names) <= 40:
         colours = _colour(np.arange(len(names))[None], classes)[0] / 255
