@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import OnDisk, check_split, list_images, lookup_table, pair_labels, read_pair
+from .files import OnDisk, check_split, list_images, lookup_table, pair_labels
 
 CLASSES = [
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -44,6 +44,7 @@ class ADE20K(OnDisk):
     name = "ade20k"
     num_classes = len(CLASSES)
     class_names = CLASSES
+    LABELS = ((".png", TABLE, VALID),)
 
     def __init__(self, root, split: str = "training", **transform_kwargs):
         super().__init__(split, **transform_kwargs)
@@ -52,6 +53,3 @@ class ADE20K(OnDisk):
         self.root = Path(root)
         labels = self.root / "annotations" / folder
         self.pairs = pair_labels("ADE20K", images, lambda image: (labels / f"{image.stem}.png",))
-
-    def load(self, index: int):
-        return read_pair(*self.pairs[index], TABLE, VALID)

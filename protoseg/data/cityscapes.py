@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import OnDisk, check_split, list_images, lookup_table, pair_labels, read_pair
+from .files import OnDisk, check_split, list_images, lookup_table, pair_labels, train_id_table
 
 CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
            "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -23,7 +23,7 @@ LAYOUT = """\
     gtFine/
       {train,val,test}/<city>/<stem>_gtFine_labelTrainIds.png  (0..18, 255 = ignore)
                           or <stem>_gtFine_labelIds.png      (ids of cityscapesscripts' labels.py)"""
-TRAIN_IDS = lookup_table({k: k for k in range(len(CLASSES))} | {255: 255})
+TRAIN_IDS = train_id_table(len(CLASSES))
 FROM_LABEL_IDS = lookup_table({raw: k for k, raw in enumerate(LABEL_IDS)}, default=255)
 VALID = f"0..{len(CLASSES) - 1} and 255 (ignore)"
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -38,6 +38,7 @@ class Cityscapes(OnDisk):
     name = "cityscapes"
     num_classes = len(CLASSES)
     class_names = CLASSES
+    LABELS = (("_labelTrainIds.png", TRAIN_IDS, VALID), ("_labelIds.png", FROM_LABEL_IDS, "any 0..255"))
 
     def __init__(self, root, split: str = "train", **transform_kwargs):
         super().__init__(split, **transform_kwargs)
@@ -45,9 +46,3 @@ class Cityscapes(OnDisk):
         images = list_images("Cityscapes", root, f"leftImg8bit/{folder}", f"*/*{IMAGE_SUFFIX}", LAYOUT)
         self.root = Path(root)
         self.pairs = pair_labels("Cityscapes", images, lambda image: label_files(self.root, folder, image))
-
-    def load(self, index: int):
-        image, label = self.pairs[index]
-        if label.name.endswith("_labelTrainIds.png"):
-            return read_pair(image, label, TRAIN_IDS, VALID)
-        return read_pair(image, label, FROM_LABEL_IDS, "any 0..255")

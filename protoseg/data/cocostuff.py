@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .files import OnDisk, check_split, list_images, lookup_table, pair_labels, read_pair, split_folder
+from .files import (OnDisk, check_split, list_images, lookup_table, pair_labels, split_folder,
+                    train_id_table)
 
 
 CLASSES = [
@@ -43,7 +44,7 @@ CLASSES = [
 ]
 UNUSED_THING_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 RAW_IDS = [raw for raw in range(182) if raw not in UNUSED_THING_IDS]  # raw id of each train id
-TRAIN_IDS = lookup_table({k: k for k in range(len(CLASSES))} | {255: 255})
+TRAIN_IDS = train_id_table(len(CLASSES))
 FROM_RAW = lookup_table({raw: k for k, raw in enumerate(RAW_IDS)} | {raw: 255 for raw in UNUSED_THING_IDS}
                         | {255: 255})
 REDUCE_ZERO = lookup_table({0: 255, 255: 255} | {k: k - 1 for k in range(1, len(CLASSES) + 1)})
@@ -72,6 +73,8 @@ class COCOStuff164k(OnDisk):
     name = "coco_stuff164k"
     num_classes = len(CLASSES)
     class_names = CLASSES
+    LABELS = (("_labelTrainIds.png", TRAIN_IDS, f"0..{len(CLASSES) - 1} and 255 (ignore)"),
+              (".png", FROM_RAW, "0..181 (raw stuffthingmap ids) and 255 (unlabeled)"))
 
     def __init__(self, root, split: str = "train2017", **transform_kwargs):
         super().__init__(split, **transform_kwargs)
@@ -83,17 +86,12 @@ class COCOStuff164k(OnDisk):
         self.pairs = pair_labels("COCO-Stuff-164k", images, lambda image: (
             labels / f"{image.stem}_labelTrainIds.png", labels / f"{image.stem}.png"))
 
-    def load(self, index: int):
-        image, label = self.pairs[index]
-        if label.name.endswith("_labelTrainIds.png"):
-            return read_pair(image, label, TRAIN_IDS, f"0..{len(CLASSES) - 1} and 255 (ignore)")
-        return read_pair(image, label, FROM_RAW, "0..181 (raw stuffthingmap ids) and 255 (unlabeled)")
-
 
 class COCOStuff10k(OnDisk):
     name = "coco_stuff10k"
     num_classes = len(CLASSES)
     class_names = CLASSES
+    LABELS = (("_labelTrainIds.png", REDUCE_ZERO, f"0..{len(CLASSES)} (0 = unlabeled, ignored) and 255"),)
 
     def __init__(self, root, split: str = "train", **transform_kwargs):
         super().__init__(split, **transform_kwargs)
@@ -113,6 +111,3 @@ class COCOStuff10k(OnDisk):
         labels = self.root / "annotations" / f"{name}2014"
         self.pairs = pair_labels("COCO-Stuff-10k", images,
                                  lambda image: (labels / f"{image.stem}_labelTrainIds.png",))
-
-    def load(self, index: int):
-        return read_pair(*self.pairs[index], REDUCE_ZERO, f"0..{len(CLASSES)} (0 = unlabeled, ignored) and 255")

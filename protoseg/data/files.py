@@ -15,8 +15,10 @@ from .base import SegDataset
 
 
 class OnDisk(SegDataset):
-    """A dataset of `self.pairs` (image path, label path) under a root folder."""
+    """A dataset of `self.pairs` (image path, label path) under a root folder. A label file is read through
+    the first of `LABELS` (name suffix, raw id -> train id table, the valid ids in words) its name ends with."""
     pairs: list[tuple[Path, Path]]
+    LABELS: tuple[tuple[str, np.ndarray, str], ...] = ()
 
     @classmethod
     def from_config(cls, data_cfg: dict, split: str) -> "OnDisk":
@@ -24,6 +26,11 @@ class OnDisk(SegDataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def load(self, index: int):
+        image, label = self.pairs[index]
+        table, valid = next((t, v) for suffix, t, v in self.LABELS if label.name.endswith(suffix))
+        return read_pair(image, label, table, valid)
 
 
 def decode(path: Path, flag: str) -> np.ndarray:
@@ -99,6 +106,11 @@ def read_pair(image_path: Path, label_path: Path, table: np.ndarray, valid: str)
     if image.shape[:2] != label.shape:
         raise ValueError(f"{image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}")
     return image, label.astype(np.uint8)
+
+
+def train_id_table(num_classes: int) -> np.ndarray:
+    """The table of a label file already in train ids: 0..K-1, and 255 (ignore)."""
+    return lookup_table({k: k for k in range(num_classes)} | {255: 255})
 
 
 def lookup_table(ids: dict[int, int], default: int = -1) -> np.ndarray:
