@@ -64,10 +64,11 @@ def time_step(spec: dict, batch: int, steps: int) -> float:
 def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, progress: bool = True) -> list[dict]:
     """One row per cell: run_id, settings, s_per_iter, iterations, wall_h, device_h, limit_h (or None)."""
     world = processes(sweep.executor)
+    keys = {run.run_id: _key(run, world) for run in sweep.runs}  # each run's spec is built once
     timed: dict[str, float] = {}
     groups: dict[str, RunSpec] = {}
     for run in sweep.runs:
-        groups.setdefault(_key(run, world), run)
+        groups.setdefault(keys[run.run_id], run)
     for key, run in tqdm(groups.items(), desc="timing each distinct model", unit="model", disable=not progress):
         spec = run.spec
         timed[key] = time_step(spec, max(spec["data"]["batch_size"] // world, 1), steps)
@@ -76,7 +77,7 @@ def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, progre
         limit = sweep.executor["timeout_min"] * (sweep.executor.get("max_timeouts", 0) + 1) / 60
     rows = []
     for run in sweep.runs:
-        per_iter = timed[_key(run, world)]
+        per_iter = timed[keys[run.run_id]]
         its = iterations or run.value("train.iterations")
         wall = its * per_iter / 3600
         rows.append({"run_id": run.run_id, "settings": settings_text(run.settings), "s_per_iter": per_iter,
