@@ -2,7 +2,7 @@
 prototype diagnostics against iteration, predictions next to ground truth."""
 from __future__ import annotations
 
-import json
+import functools
 import textwrap
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from protoseg.io import atomic_write_bytes  # noqa: E402
+
+from .store import read_metrics  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -31,8 +33,14 @@ def _run_dir(row, results: Path) -> Path:
     return results / row["sweep"] / row["run_id"]
 
 
+@functools.lru_cache(maxsize=None)
+def _read(path: Path) -> dict:
+    return read_metrics(path)
+
+
 def _metrics(row, results: Path) -> dict:
-    return json.loads((_run_dir(row, results) / "metrics.json").read_text())
+    """A run's metrics.json, read once per all_figures call (several figures use each run)."""
+    return _read(_run_dir(row, results) / "metrics.json")
 
 
 def _groups(frame: pd.DataFrame):
@@ -192,6 +200,7 @@ def predictions(frame: pd.DataFrame, results: Path, out: Path, images: int = 3) 
 
 
 def all_figures(frame: pd.DataFrame, results: Path, out: Path) -> list[Path]:
+    _read.cache_clear()  # the runs may have changed since an earlier call in this process
     out.mkdir(parents=True, exist_ok=True)
     made = [training_curves(frame, results, out), miou_vs_prototypes(frame, out), per_class_iou(frame, results, out),
             prototype_diagnostics(frame, results, out), predictions(frame, results, out)]

@@ -183,6 +183,7 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
     extra = {c: DIAGNOSTICS.get(c, (f"{c} mIoU", 1)) for c in extra_columns(agg)}
     rows, means = [], {d: [] for d in datasets}
     per_dataset = len(datasets) > 1
+    references_of = {dataset: reference_columns(agg, dataset) for dataset in datasets}
     for (backbone, decoder, method), group in agg.groupby(["model.backbone", "model.decoder", "method"], sort=False):
         first = group.iloc[0]
         row = {"Backbone": backbone + (f" + {decoder}" if decoders else ""), "Method": method}
@@ -191,7 +192,7 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
                         "GMACs": _number(first["macs"] / 1e9, 1)})
         for dataset in datasets:
             cell = group[group["data.dataset"] == dataset]
-            references = reference_columns(agg, dataset)
+            references = references_of[dataset]
             if per_dataset:  # K and the input size differ: so do the counts
                 row[f"{dataset} #Params (M)"] = "" if cell.empty else _number(cell.iloc[0]["params_learnable"] / 1e6, 2)
                 row[f"{dataset} GMACs"] = "" if cell.empty else _number(cell.iloc[0]["macs"] / 1e9, 1)
