@@ -19,6 +19,7 @@ from protoseg.engine import pick_device
 from protoseg.losses import total_loss
 from protoseg.models import build_model
 from protoseg.optim import build_optimizer
+from protoseg.speed import sync
 
 from .matrix import RunSpec, Sweep, settings_text
 
@@ -48,16 +49,14 @@ def time_step(spec: dict, batch: int, steps: int) -> float:
     start = 0.0
     for step in range(steps + 1):
         if step == 1:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync(device)
             start = time.perf_counter()
         with torch.autocast(device_type=device.type, enabled=amp):
             loss, _ = total_loss(model(images, labels), labels, spec["model"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 

@@ -3,9 +3,9 @@ convention of MMSegmentation's benchmark tool (batch 1, a warm-up, then a fixed 
 with device synchronisation)."""
 from __future__ import annotations
 
-import itertools
 import resource
 import time
+from typing import Callable
 
 import torch
 
@@ -36,12 +36,25 @@ class StepTimes:
         return {"train_s_per_iter": per_iter, "train_img_s": batch_size / per_iter}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a host clock measures it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
+def images_per_second(infer: Callable[[int], object], count: int, warmup: int, device: torch.device) -> float:
+    """`infer(i)` for i in 0..warmup+count-1: the first `warmup` untimed, the rest timed, synchronised."""
+    start = time.perf_counter()
+    for i in range(warmup + count):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        infer(i)
+    sync(device)
+    return count / (time.perf_counter() - start)
+
+
 def inference_fps(model, dataset, eval_cfg: dict, num_classes: int, device: torch.device) -> dict:
     """Images per second of the full inference protocol (eval.mode, resize, scales, flip) at batch 1 over
     the validation images, cycled: eval.fps_warmup untimed, then eval.fps_images timed."""
@@ -50,20 +63,15 @@ def inference_fps(model, dataset, eval_cfg: dict, num_classes: int, device: torc
         return {"inference_fps": None}
     was_training = model.training
     model.eval()
+
+    def infer(i: int) -> None:
+        image, _ = dataset[i % len(dataset)]
+        predict_logits(model, image[None].to(device), eval_cfg, num_classes)
+
     try:
-        samples = itertools.cycle(range(len(dataset)))
-        start = None
-        for i in range(warmup + count):
-            if i == warmup:
-                _sync(device)
-                start = time.perf_counter()
-            image, _ = dataset[next(samples)]
-            predict_logits(model, image[None].to(device), eval_cfg, num_classes)
-        _sync(device)
-        elapsed = time.perf_counter() - start
+        return {"inference_fps": images_per_second(infer, count, warmup, device)}
     finally:
         model.train(was_training)
-    return {"inference_fps": count / elapsed}
 
 
 def peak_memory(device: torch.device) -> dict:

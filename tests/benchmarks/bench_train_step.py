@@ -18,25 +18,17 @@ from protoseg import complexity, config
 from protoseg.losses import total_loss
 from protoseg.models import build_model
 from protoseg.models.heads import PrototypeHead
+from protoseg.speed import images_per_second, sync
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-@torch.no_grad()
 def inference_fps(model, image, count: int, device, amp: bool, warmup: int = 5) -> float:
+    def infer(i: int) -> None:
+        with torch.autocast(device_type=device.type, enabled=amp):
+            model(image)
+
     model.eval()
     try:
-        for i in range(warmup + count):
-            if i == warmup:
-                _sync(device)
-                start = time.perf_counter()
-            with torch.autocast(device_type=device.type, enabled=amp):
-                model(image)
-        _sync(device)
-        return count / (time.perf_counter() - start)
+        return images_per_second(infer, count, warmup, device)
     finally:
         model.train()
 
@@ -49,10 +41,10 @@ def time_steps(model, images, labels, model_cfg, repeats, device, amp=False) -> 
     original = PrototypeHead.learn
 
     def timed_learn(self, *args):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         result = original(self, *args)
-        _sync(device)
+        sync(device)
         learn_times.append(time.perf_counter() - start)
         return result
 
@@ -60,7 +52,7 @@ def time_steps(model, images, labels, model_cfg, repeats, device, amp=False) -> 
     try:
         steps = []
         for i in range(repeats + 1):  # the first is warm-up
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             with torch.autocast(device_type=device.type, enabled=amp):
                 out = model(images, labels)
@@ -69,7 +61,7 @@ def time_steps(model, images, labels, model_cfg, repeats, device, amp=False) -> 
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            _sync(device)
+            sync(device)
             if i:
                 steps.append(time.perf_counter() - start)
     finally:
