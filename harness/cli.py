@@ -1,4 +1,4 @@
-"""`harness run | status | cancel | report | evaluate` over a results folder."""
+"""`harness run | status | cancel | report | evaluate | estimate` over a results folder."""
 from __future__ import annotations
 
 import argparse

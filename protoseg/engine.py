@@ -31,15 +31,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint, complexity, config, diagnostics, distributed
+from .board import Board
 from .data import build_dataset
 from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_yaml
 from .losses import total_loss
-from .optim import build_optimizer, build_scheduler
-from .board import Board
-from .speed import StepTimes, inference_fps, peak_memory
 from .models import build_model
+from .optim import build_optimizer, build_scheduler
+from .speed import StepTimes, inference_fps, peak_memory
 
 log = logging.getLogger("protoseg")
 
