@@ -34,12 +34,14 @@ def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: f
     for rid in run_ids:
         if store.is_done(rid):
             outcome[rid] = "finished before it could stop"
+        elif queued[rid] and rid not in stuck:  # `harness run` may have recorded it cancelled meanwhile
+            store.record_cancelled(rid)
+            outcome[rid] = f"{queued[rid]} in the queue"
         elif store.status(rid).get("state") == "cancelled" and rid not in stuck:
             outcome[rid] = "stopped at a checkpoint"  # its worker recorded it
         elif rid in stuck and not late[rid]:  # the cancel file stays: it stops when it reaches an iteration
             outcome[rid] = f"asked to stop; still running after {grace:.0f} s"
         else:  # the cancel file stays, so a job that starts after all stops at once
             store.record_cancelled(rid)
-            outcome[rid] = (f"{late[rid]} after {grace:.0f} s without stopping" if rid in stuck
-                            else f"{queued[rid]} in the queue" if queued[rid] else "cancelled")
+            outcome[rid] = f"{late[rid]} after {grace:.0f} s without stopping" if rid in stuck else "cancelled"
     return outcome

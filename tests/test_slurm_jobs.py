@@ -66,3 +66,15 @@ def test_without_a_slurm_client_the_heartbeat_decides(squeue, tmp_path, monkeypa
     assert slurm_jobs.alive("41_3") is None
     assert store.state(rid) == "queued"  # fresh claim
     assert store.state(rid, stale_after=0) == "crashed"
+
+
+def test_cancel_in_the_queue_names_only_the_jobs_that_had_not_started(squeue, tmp_path):
+    squeue('echo "41_1|RUNNING"; echo "41_2|PENDING"; echo "41_3|PENDING"; echo "40|COMPLETED"')
+    log = tmp_path / "scancel.log"
+    scancel = tmp_path / "bin" / "scancel"
+    scancel.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    scancel.chmod(0o755)
+    assert slurm_jobs.cancel(["41_1", "41_2", "41_3", "40", "39"], pending_only=True) == {"41_2", "41_3"}
+    assert log.read_text().split() == ["--state=PENDING", "41_2", "41_3"]
+    assert slurm_jobs.cancel(["41_1", "40"], pending_only=False) == {"41_1"}
+    assert log.read_text().splitlines()[-1].split() == ["41_1"]

@@ -251,8 +251,9 @@ def alive(claims: list[dict]) -> list[bool | None]:
 def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
     """scancel the claims' jobs (`pending_only`: only those still in the queue), in one call."""
     jobs = [claim.get("job_id") for claim in claims]
-    slurm_jobs.cancel(jobs, pending_only=pending_only)
-    return [f"SLURM job {job} scancelled" if job else None for job in jobs]
+    cancelled = slurm_jobs.cancel(jobs, pending_only=pending_only)
+    return [f"SLURM job {job} scancelled" if job and str(job) in cancelled else None
+            for job in jobs]
 
 
 def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:

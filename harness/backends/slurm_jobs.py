@@ -105,13 +105,18 @@ def end_states(job_ids) -> dict[str, str]:
     return {job: states[job] for job in ids if job in states}
 
 
-def cancel(job_ids, pending_only: bool = False) -> None:
-    """scancel the jobs; `pending_only`: only those that have not started."""
+def cancel(job_ids, pending_only: bool = False) -> set[str]:
+    """scancel the jobs that squeue still lists; `pending_only`: only those that have
+    not started. Returns the ids it scancelled."""
     ids = sorted({str(j) for j in job_ids if j})
-    if not ids:
-        return
-    out = _call(["scancel", *(["--state=PENDING"] if pending_only else []), *ids])
+    listed = squeue(ids) if ids else {}
+    chosen = sorted(job for job, state in listed.items() if job in ids
+                    and state not in TERMINAL and (state == "PENDING" or not pending_only))
+    if not chosen:
+        return set()
+    out = _call(["scancel", *(["--state=PENDING"] if pending_only else []), *chosen])
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
         raise SlurmUnavailable(f"scancel failed: {out.stderr.strip()}")
-    for job in ids:
+    for job in chosen:
         _cache.pop(job, None)
+    return set(chosen)
