@@ -265,13 +265,21 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def cmd_estimate(args) -> int:
     from . import estimate, matrix
 
     sweep = matrix.load(args.file, matrix.parse_overrides(args.set), args.profile, select=_selector(args.only))
     if not sweep.runs:
         raise MatrixError(f"{args.file}: --only {args.only!r} matches none of its {sweep.cells} cells")
-    rows = estimate.estimate(sweep, args.steps, args.iterations)
+    if not 0 < args.crop_scale <= 1:
+        raise MatrixError(f"--crop-scale {args.crop_scale} is not valid; valid: a number in (0, 1]")
+    rows = estimate.estimate(sweep, args.steps, args.iterations, args.batch, args.crop_scale)
     from protoseg.engine import pick_device
 
     print(estimate.render(rows, str(pick_device(sweep.runs[0].value("train.device")))))
@@ -424,8 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("file")
     est.add_argument("--profile", help="a SLURM profile (slurm/profiles/NAME.yaml): processes per run, time limit")
     est.add_argument("--only", help="the cells to estimate, as for run")
-    est.add_argument("--steps", type=int, default=3, help="timed training steps per distinct model (default 3)")
-    est.add_argument("--iterations", type=int, help="estimate with this many iterations per cell instead")
+    est.add_argument("--steps", type=_positive, default=3, help="timed training steps per distinct model (default 3)")
+    est.add_argument("--iterations", type=_positive, help="estimate with this many iterations per cell instead")
+    est.add_argument("--batch", type=_positive, help="time at this per-device batch and scale per image to the cell's "
+                                               "(on a CPU: 1, so that big models fit and table2 takes minutes)")
+    est.add_argument("--crop-scale", type=float, default=1.0, metavar="F",
+                     help="time at each crop side x F (0 < F <= 1) and scale per pixel (on a CPU: 0.5)")
     est.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for run")
     est.set_defaults(func=cmd_estimate)
 

@@ -2,9 +2,10 @@
 
 Each distinct model of the sweep (architecture, class count, crop, per-device batch, optimizer, AMP) is
 built once, with random weights, and a few training steps are timed on this machine or GPU at the cell's
-real crop and per-device batch (the global batch over the executor's tasks_per_node x nodes). A cell's
-expected wall time is its iterations x the time per step (evaluation and start-up left out); its
-device-hours are that x its processes. With a SLURM executor, a cell that cannot finish within
+real crop and per-device batch (the global batch over the executor's tasks_per_node x nodes), or at a
+smaller `batch` and a crop scaled by `crop_scale` per side, the time then scaled per image and per pixel
+(a CPU cannot hold table2's batches in minutes; on a busy device the time is close to linear in both). A cell's expected wall time is its iterations x the time per step
+(evaluation and start-up left out); its device-hours are that x its processes. With a SLURM executor, a cell that cannot finish within
 timeout_min x (max_timeouts + 1) is flagged."""
 from __future__ import annotations
 
@@ -36,13 +37,20 @@ def _key(run: RunSpec, world: int) -> str:
                        spec["train"]["device"]], sort_keys=True)
 
 
-def time_step(spec: dict, batch: int, steps: int) -> float:
-    """Seconds per training step (forward, loss, backward, optimizer) after one untimed step."""
+def scaled_crop(crop: list[int], scale: float) -> tuple[int, int]:
+    """The crop with each side times `scale`, a multiple of 32 (every backbone's stride), at least 64
+    (or the side itself, when smaller)."""
+    return tuple(min(side, max(64, round(side * scale / 32) * 32)) for side in crop)
+
+
+def time_step(spec: dict, batch: int, steps: int, crop: tuple[int, int] | None = None) -> float:
+    """Seconds per training step (forward, loss, backward, optimizer) after one untimed step,
+    at `crop` (default: the spec's)."""
     device = pick_device(spec["train"]["device"])
     k = config.num_classes(config.flatten(spec))
     model = build_model({**spec["model"], "pretrained": None}, k).to(device).train()
     optimizer = build_optimizer(model, spec["train"])
-    h, w = spec["data"]["crop_size"]
+    h, w = crop or spec["data"]["crop_size"]
     images = torch.randn(batch, 3, h, w, device=device)
     labels = torch.randint(0, k, (batch, h, w), device=device)
     amp = spec["train"]["amp"] and device.type == "cuda"
@@ -60,34 +68,44 @@ def time_step(spec: dict, batch: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, progress: bool = True) -> list[dict]:
-    """One row per cell: run_id, settings, s_per_iter, iterations, wall_h, device_h, limit_h (or None)."""
+def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, batch: int | None = None,
+             crop_scale: float = 1.0, progress: bool = True) -> list[dict]:
+    """One row per cell: run_id, settings, s_per_iter, iterations, wall_h, device_h, limit_h (or None),
+    and `timed` (batch x crop timed, -> the per-device batch x crop it is scaled to), or None."""
     world = processes(sweep.executor)
     keys = {run.run_id: _key(run, world) for run in sweep.runs}  # each run's spec is built once
-    timed: dict[str, float] = {}
+    timed: dict[str, tuple[float, str | None]] = {}  # key -> (s per step at the cell's size, scaling)
     groups: dict[str, RunSpec] = {}
     for run in sweep.runs:
         groups.setdefault(keys[run.run_id], run)
     for key, run in tqdm(groups.items(), desc="timing each distinct model", unit="model", disable=not progress):
-        spec = run.spec
-        timed[key] = time_step(spec, max(spec["data"]["batch_size"] // world, 1), steps)
+        per_device = max(run.spec["data"]["batch_size"] // world, 1)
+        at = min(batch or per_device, per_device)
+        crop = tuple(run.spec["data"]["crop_size"])
+        small = scaled_crop(crop, crop_scale) if crop_scale != 1 else crop
+        factor = per_device / at * (crop[0] * crop[1]) / (small[0] * small[1])
+        scaling = (f"{at} x {small[0]}x{small[1]} -> {per_device} x {crop[0]}x{crop[1]}" if factor != 1 else None)
+        timed[key] = (time_step(run.spec, at, steps, small) * factor, scaling)
     limit = None
     if "timeout_min" in sweep.executor:
         limit = sweep.executor["timeout_min"] * (sweep.executor.get("max_timeouts", 0) + 1) / 60
     rows = []
     for run in sweep.runs:
-        per_iter = timed[keys[run.run_id]]
+        per_iter, scaling = timed[keys[run.run_id]]
         its = iterations or run.value("train.iterations")
         wall = its * per_iter / 3600
         rows.append({"run_id": run.run_id, "settings": settings_text(run.settings), "s_per_iter": per_iter,
                      "iterations": its, "wall_h": wall, "device_h": wall * world, "limit_h": limit,
-                     "models": len(groups)})
+                     "models": len(groups), "timed": scaling})
     return rows
 
 
 def render(rows: list[dict], device: str) -> str:
     width = max((len(r["settings"]) for r in rows), default=0)
     lines = [f"{len(rows)} cell(s), {rows[0]['models'] if rows else 0} distinct model(s), timed on {device}:"]
+    scaled = sorted({r["timed"] for r in rows if r["timed"]})
+    if scaled:
+        lines.append("  timed smaller and scaled per image and pixel (batch x crop): " + "; ".join(scaled))
     for r in rows:
         flag = ""
         if r["limit_h"] is not None and r["wall_h"] > r["limit_h"]:

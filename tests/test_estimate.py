@@ -17,7 +17,7 @@ def _experiment(tmp_path, iterations=100):
 def test_each_distinct_model_is_timed_once_and_every_cell_gets_its_iterations_times_it(tmp_path, monkeypatch):
     timed = []
 
-    def fake_time_step(spec, batch, steps):  # the timing itself is tested below, on a real model
+    def fake_time_step(spec, batch, steps, crop=None):  # the timing itself is tested below, on a real model
         timed.append((spec["model"]["head"], batch, steps))
         return 0.5 if spec["model"]["head"] == "parametric" else 2.0
 
@@ -32,6 +32,30 @@ def test_each_distinct_model_is_timed_once_and_every_cell_gets_its_iterations_ti
     text = estimate.render(rows, "cpu")
     assert text.count("WARNING") == 2  # 400 s > 3 min x 2 for the nonparametric cells only
     assert f"total: {sum(r['device_h'] for r in rows):.1f} device-hours" in text
+
+
+def test_a_smaller_batch_and_crop_are_scaled_back_per_image_and_pixel(tmp_path, monkeypatch):
+    timed = []
+
+    def per_pixel(spec, batch, steps, crop=None):  # a device where time is linear in images and pixels
+        timed.append((batch, crop))
+        return 1e-6 * batch * crop[0] * crop[1]
+
+    monkeypatch.setattr(estimate, "time_step", per_pixel)
+    sweep = matrix.load(_experiment(tmp_path), [("base.data.crop_size", [512, 1024]), ("base.data.batch_size", 8)])
+    full = estimate.estimate(sweep, steps=1, progress=False)
+    small = estimate.estimate(sweep, steps=1, batch=1, crop_scale=0.5, progress=False)
+    assert timed[-1] == (1, (256, 512)) and timed[0] == (8, (512, 1024))
+    assert [r["s_per_iter"] for r in small] == pytest.approx([r["s_per_iter"] for r in full])
+    assert full[0]["s_per_iter"] == pytest.approx(8 * 512 * 1024e-6)
+    assert "1 x 256x512 -> 8 x 512x1024" in estimate.render(small, "cpu")
+    assert "timed smaller" not in estimate.render(full, "cpu")
+    assert estimate.scaled_crop((32, 48), 0.5) == (32, 48) and estimate.scaled_crop((512, 512), 0.3) == (160, 160)
+
+
+def test_a_crop_scale_outside_0_1_is_refused(tmp_path):
+    proc = run_harness("estimate", _experiment(tmp_path), "--crop-scale", "2", results=tmp_path / "results")
+    assert proc.returncode != 0 and "--crop-scale 2.0 is not valid; valid: a number in (0, 1]" in proc.stderr
 
 
 @pytest.mark.slow
