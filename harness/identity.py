@@ -19,7 +19,7 @@ from protoseg import config
 
 # Resource and display fields: they do not change the experiment, so not its id.
 NOT_HASHED = frozenset({"train.threads", "train.progress", "train.device", "data.num_workers",
-                        "eval.fps_images", "eval.fps_warmup"})
+                        "eval.fps_images", "eval.fps_warmup", "eval.fps_max_s"})
 # Fields that mean nothing to a parametric head: set to their baseline, so its cells collapse into one.
 PROTOTYPE_ONLY = ("embed_dim", "num_prototypes", "gamma", "update_prototypes", "update_assignment",
                   "sinkhorn_epsilon", "sinkhorn_iterations", "proj_norm", "mask_norm", "ppc_weight",

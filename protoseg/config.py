@@ -112,6 +112,7 @@ DEFAULTS: dict[str, Any] = {
         "complexity_size": [512, 512], # [h, w] input for parameter / MAC / FLOP counts
         "fps_images": 200,             # inference FPS over this many val images at batch 1 (0 = off),
         "fps_warmup": 5,               # after this many untimed (MMSegmentation's benchmark tool)
+        "fps_max_s": 60.0,             # or as many as this many seconds allow
     },
 }
 
@@ -216,6 +217,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "eval.complexity_size": _SIZE,
     "eval.fps_images": _count(0),
     "eval.fps_warmup": _count(0),
+    "eval.fps_max_s": _POSITIVE,
 }
 
 

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import torch
 
 from conftest import tiny_spec
 from harness import report
@@ -36,3 +38,32 @@ def test_a_run_records_throughput_memory_and_fps_and_the_report_shows_fps(tmp_pa
     off = tmp_path / "sweep2" / "run"
     engine.run(tiny_spec(train={"iterations": 2}, eval={"fps_images": 0}), off)
     assert json.loads((off / "metrics.json").read_text())["inference_fps"] is None
+
+
+def test_fps_times_only_the_model_and_stops_at_its_time_limit(monkeypatch):
+    from protoseg import speed
+
+    loads, calls = [], []
+
+    class Images:
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            loads.append(i)
+            return torch.full((3, 8, 8), float(i)), None
+
+    def slow_predict(model, image, eval_cfg, num_classes):
+        calls.append(int(image[0, 0, 0, 0]))
+        time.sleep(0.02)
+
+    monkeypatch.setattr(speed, "predict_logits", slow_predict)
+    cfg = {"fps_images": 200, "fps_warmup": 2, "fps_max_s": 0.1}
+    out = speed.inference_fps(torch.nn.Identity(), Images(), cfg, 3, torch.device("cpu"))
+    assert loads == list(range(speed.PRELOADED))  # loaded once, before the timing
+    assert 2 <= out["inference_fps_images"] < 20 and len(calls) == 2 + out["inference_fps_images"]
+    assert calls[:10] == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1][:len(calls)]
+    assert out["inference_fps"] == pytest.approx(50, rel=0.3)  # 20 ms an image
+    unlimited = speed.inference_fps(torch.nn.Identity(), Images(), {**cfg, "fps_images": 3, "fps_max_s": 1e9}, 3,
+                                    torch.device("cpu"))
+    assert unlimited["inference_fps_images"] == 3

@@ -28,7 +28,7 @@ def inference_fps(model, image, count: int, device, amp: bool, warmup: int = 5) 
 
     model.eval()
     try:
-        return images_per_second(infer, count, warmup, device)
+        return images_per_second(infer, count, warmup, device)[0]
     finally:
         model.train()
 
