@@ -111,14 +111,19 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="local")
     args = parser.parse_args(argv)
     _die_with_parent()
-    if args.threads:
+    return run_here(args.run_dir, args.threads, args.backend)
+
+
+def run_here(run_dir: str | Path, threads: int | None = None, backend: str = "local") -> int:
+    """`execute` in this process, which SIGTERM, SIGINT, SIGUSR1 and SIGHUP stop at a checkpoint."""
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):  # SIGHUP: a dropped ssh session
         signal.signal(sig, lambda *_: stop.set())
-    return execute(args.run_dir, backend=args.backend, stop=stop)
+    return execute(run_dir, backend=backend, stop=stop)
 
 
 if __name__ == "__main__":

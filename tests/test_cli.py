@@ -5,6 +5,7 @@ one sweep never run a cell twice; a failing cell is recorded and does not stop
 the others; a bad experiment file starts nothing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,6 +72,15 @@ def mtimes(sweep_dir: Path) -> dict[str, int]:
 
 def attempts(store: Store) -> dict[str, int]:
     return {rid: store.status(rid).get("attempts") for rid in store.run_ids()}
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
@@ -217,13 +227,13 @@ def test_report_formats(sweep, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_plots_writes_five_pngs(sweep, tmp_path):
+def test_report_plots_writes_six_pngs(sweep, tmp_path):
     out = tmp_path / "figures"
     proc = harness("report", "--plots", out, results=sweep["results"])
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["miou_vs_prototypes.png", "per_class_iou.png", "predictions.png", "prototype_diagnostics.png",
-                     "training_curves.png"]
+                     "tensorboard_scalars.png", "training_curves.png"]
     for name in names:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
@@ -325,8 +335,8 @@ def test_kill_minus_9_then_the_same_command_resumes(tmp_path):
         wait_for(lambda: store.is_done(short) and store.has_checkpoint(long_), 180,
                  "the short run to finish and the long one to checkpoint", first)
         assert not store.is_done(long_), "the long run finished before the kill: make it longer"
-        workers = [pid for pid, cmd in processes_mentioning(str(results)) if "harness.worker" in cmd]
-        assert workers, "no worker process is running"
+        workers = [store.status(long_)["pid"], *children(first.pid)]  # the run's worker, the forkserver
+        assert all(Path(f"/proc/{pid}").exists() for pid in workers), "no worker process is running"
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     finally:

@@ -1,10 +1,16 @@
-"""Local backend: a pool of worker processes on this machine (`harness.worker`)."""
+"""Local backend: a pool of worker processes on this machine (`harness.worker`).
+
+Each run is a process of its own (its memory and thread count are its own, and a crash takes only it),
+forked from a forkserver that has imported the engine once: a fresh interpreter per run would spend
+seconds importing torch, timm and mmcv again."""
 from __future__ import annotations
 
+import multiprocessing
 import os
+import select
 import signal
-import subprocess
 import sys
+import threading
 import time
 
 from ..matrix import RunSpec
@@ -12,7 +18,7 @@ from ..store import Store, owner
 from . import RunBar, Setting
 
 SETTINGS: dict[str, Setting] = {}  # only the common ones: backend, jobs, stale_after
-DETACHED = False  # the workers die with the harness (PR_SET_PDEATHSIG)
+DETACHED = False  # the workers die with the harness (see _die_with)
 
 
 def cores() -> int:
@@ -22,23 +28,58 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _launch(store: Store, rid: str, threads: int) -> subprocess.Popen:
-    folder = store.run_dir(rid)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with open(folder / "worker.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "harness.worker", str(folder), "--threads", str(threads)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+PRELOAD = ["harness.backends.forkserver_setup", "harness.backends.local", "harness.worker", "protoseg.engine"]
 
 
-def _stop_all(active: dict[str, subprocess.Popen], grace: float = 60.0) -> None:
+def _context():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def _die_with(pid: int) -> None:
+    """SIGKILL this process when process `pid` (the harness) exits, as PR_SET_PDEATHSIG would if the
+    harness were our parent: the forkserver between us lives on while its children do."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        select.select([handle], [], [])  # readable once `pid` has exited
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="die with the harness").start()
+
+
+def _worker(folder: str, threads: int, harness_pid: int) -> None:
+    """The child: its output to the run's worker.log, then the run, as `python -m harness.worker` would
+    run it, but tied to the harness by _die_with (its parent is the forkserver)."""
+    _die_with(harness_pid)
+    log = os.open(os.path.join(folder, "worker.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    for fd in (1, 2):
+        os.dup2(log, fd)
+    os.close(log)
+    os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    from .. import worker
+
+    sys.exit(worker.run_here(folder, threads))
+
+
+def _launch(store: Store, rid: str, threads: int) -> multiprocessing.Process:
+    proc = _context().Process(target=_worker, args=(str(store.run_dir(rid)), threads, os.getpid()), name=rid)
+    proc.start()
+    return proc
+
+
+def _stop_all(active: dict[str, multiprocessing.Process], grace: float = 60.0) -> None:
     """SIGTERM makes each worker checkpoint and exit; whatever is left after `grace` is killed."""
     for proc in active.values():
-        proc.send_signal(signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGTERM)
     deadline = time.time() + grace
     for proc in active.values():
-        try:
-            proc.wait(max(deadline - time.time(), 0.1))
-        except subprocess.TimeoutExpired:
+        proc.join(max(deadline - time.time(), 0.1))
+        if proc.exitcode is None:
             proc.kill()
 
 
@@ -78,9 +119,10 @@ def wait(handle: Pool, progress: bool = True) -> dict[str, str]:
                 else:
                     finish(spec.run_id, "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere")
             for rid, proc in list(active.items()):
-                code = proc.poll()
+                code = proc.exitcode
                 if code is None:
                     continue
+                proc.close()
                 del active[rid]
                 if code < 0:  # killed by a signal (OOM killer, kill -9): resumable, not failed
                     store.update(rid, state="crashed", error=f"worker killed by signal {-code}")
