@@ -1,5 +1,5 @@
 """Figures of a sweep: training curves, mIoU against prototypes per class, per-class IoU,
-prototype diagnostics against iteration, predictions next to ground truth."""
+prototype diagnostics against iteration, predictions next to ground truth, TensorBoard's scalars."""
 from __future__ import annotations
 
 import functools
@@ -198,10 +198,47 @@ def predictions(frame: pd.DataFrame, results: Path, out: Path, images: int = 3) 
                    bbox_to_anchor=(0.5, -0.02))
     return _save(fig, out / "predictions.png")
 
+def _board_scalars(folder: Path) -> dict[str, tuple[list, list]]:
+    """{tag: (steps, values)} of a run's TensorBoard event files, read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    return {tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
+            for tag in events.Tags()["scalars"]}
+
+
+def tensorboard_scalars(frame: pd.DataFrame, results: Path, out: Path) -> Path | None:
+    """What TensorBoard's scalar dashboard shows for these runs, from their event files (for a report
+    read without a TensorBoard server): a panel per tag, a line per run named as TensorBoard names it."""
+    runs = {}
+    for _, row in frame.iterrows():
+        folder = next((results / row["sweep"] / ".tensorboard").glob(f"*({row['run_id']})"), None)
+        if folder is not None:
+            runs[folder.name] = _board_scalars(folder)
+    tags = sorted({tag for scalars in runs.values() for tag in scalars})
+    if not tags:
+        return None
+    columns = min(4, len(tags))
+    rows = -(-len(tags) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for name, scalars in runs.items():
+            if tag in scalars:
+                ax.plot(*scalars[tag], lw=1, label=name)
+        ax.set_title(tag, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(tags):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, out / "tensorboard_scalars.png")
+
 
 def all_figures(frame: pd.DataFrame, results: Path, out: Path) -> list[Path]:
     _read.cache_clear()  # the runs may have changed since an earlier call in this process
     out.mkdir(parents=True, exist_ok=True)
     made = [training_curves(frame, results, out), miou_vs_prototypes(frame, out), per_class_iou(frame, results, out),
-            prototype_diagnostics(frame, results, out), predictions(frame, results, out)]
+            prototype_diagnostics(frame, results, out), predictions(frame, results, out),
+            tensorboard_scalars(frame, results, out)]
     return [p for p in made if p is not None]

@@ -17,7 +17,7 @@ def _scalars(logdir) -> dict:
 
 
 @pytest.mark.slow
-def test_each_run_of_a_sweep_writes_its_curves_named_by_its_settings(tmp_path):
+def test_each_run_of_a_sweep_writes_its_curves_named_by_its_settings(tmp_path, monkeypatch):
     path = tiny_experiment(tmp_path, "board", {"model.head": ["parametric", "nonparametric"]}, None, 4,
                            {"backend": "local", "jobs": 2}, eval_interval=2, log_interval=1)
     results = tmp_path / "results"
@@ -34,6 +34,18 @@ def test_each_run_of_a_sweep_writes_its_curves_named_by_its_settings(tmp_path):
             assert {"train/ppc", "train/ppd", "val/prototype_diversity", "val/prototypes_used"} <= set(tags)
         else:
             assert "val/prototype_diversity" not in tags
+
+    from harness import plots, report
+
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault(path.name, fig) and path)
+    plots.tensorboard_scalars(report.load_runs([results / "board"]), results, tmp_path / "figures")
+    panels = {ax.get_title(): ax for ax in drawn["tensorboard_scalars.png"].axes if ax.get_title()}
+    assert set(panels) == set().union(*(tags for tags in runs.values()))  # a panel per tag
+    loss_lines = {line.get_label(): list(line.get_xdata()) for line in panels["train/loss"].lines}
+    assert loss_lines == {name.split("/")[1]: [1, 2, 3, 4] for name in runs}  # a line per run, TensorBoard's name
+    assert [line.get_label() for line in panels["val/prototypes_used"].lines] == \
+        [name.split("/")[1] for name in runs if "nonparametric" in name]
 
 
 def test_a_resumed_run_shows_each_step_once(tmp_path):
