@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from protoseg.models.prototypes import assign, momentum_update, sinkhorn_plan
+from protoseg.models import prototypes as P
+from protoseg.models.prototypes import assign, momentum_update, own_class_similarity, sinkhorn_plan
 from reference_official import (argmax_assignment, official_gumbel_assignment, official_prototype_step,
                                 official_sinkhorn)
 
@@ -56,6 +57,14 @@ def official_sim(emb, protos):
     return torch.einsum('nd,kmd->nmk', emb, protos)  # the official `masks`, (N, M, K)
 
 
+@pytest.fixture(params=["sorted", "index_add"])
+def segment_path(request, monkeypatch):
+    """Both segment-sum implementations, here on the CPU (and meta): sort +
+    embedding_bag (the CPU's) and index_add_ (other devices')."""
+    monkeypatch.setattr(P, "_SORTED_SEGMENT_DEVICES", ("cpu", "meta") if request.param == "sorted" else ())
+    return request.param
+
+
 def vectorised_step(c, gamma, iterations=3, epsilon=0.05, weight_dtype=torch.float32):
     own = own_similarity(c["emb"], c["protos"], c["labels"])
     plan = sinkhorn_plan(own, c["labels"], c["k"], epsilon, iterations)
@@ -83,7 +92,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("iterations", [3, 1, 10])
-def test_plan_equals_official_per_class(name, iterations):
+def test_plan_equals_official_per_class(name, iterations, segment_path):
     c = make_case(**CASES[name])
     own = own_similarity(c["emb"], c["protos"], c["labels"])
     plan = sinkhorn_plan(own, c["labels"], c["k"], iterations=iterations)
@@ -130,6 +139,15 @@ def test_plan_does_not_mix_classes():
     sel = c["labels"] == 0
     torch.testing.assert_close(plan2[sel], plan[sel], atol=1e-6, rtol=0)
     assert not torch.allclose(plan2[c["labels"] == 1], plan[c["labels"] == 1], atol=1e-3)
+
+
+def test_own_class_similarity_is_the_gather_of_own_class_columns():
+    c = make_case(d=16, seed=16)
+    k, m, d = c["protos"].shape
+    sim = c["emb"] @ c["protos"].reshape(k * m, d).t()
+    own = own_class_similarity(sim, c["labels"], m)
+    assert torch.equal(own, sim.gather(1, c["labels"].clamp(min=0)[:, None] * m + torch.arange(m)))
+    assert torch.equal(own, own_similarity(c["emb"], c["protos"], c["labels"]))
 
 
 def test_proto_target_equals_official():
@@ -216,7 +234,7 @@ def test_plan_equipartition_nearly_exact_for_realistic_flat_similarities():
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("gamma", [0.999, 0.5, 0.0])
 @pytest.mark.parametrize("weight_dtype", [torch.bool, torch.float32])  # mask path and real-weight path
-def test_momentum_update_equals_official(name, gamma, weight_dtype):
+def test_momentum_update_equals_official(name, gamma, weight_dtype, segment_path):
     c = make_case(**CASES[name])
     new, _, _ = vectorised_step(c, gamma, weight_dtype=weight_dtype)
     ref, _, _ = reference_step(c, gamma)
@@ -224,6 +242,40 @@ def test_momentum_update_equals_official(name, gamma, weight_dtype):
     torch.testing.assert_close(new, ref, atol=TOL, rtol=0)
     if gamma < 0.9:  # the update really moved something, so the comparison is not vacuous
         assert (new - c["protos"]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("gamma", [0.999, 0.5, 0.0])
+def test_momentum_update_real_weights_equal_official(name, gamma, segment_path):
+    """Weights in [0, 1]: the official code multiplies both the one-hot
+    assignment and the embeddings by its mask, so a pixel counts with its
+    weight squared; so does the vectorised update."""
+    c = make_case(**CASES[name])
+    w = c["correct"] * torch.rand(c["labels"].numel(), generator=torch.Generator().manual_seed(17))
+    chosen = assign(sinkhorn_plan(own_similarity(c["emb"], c["protos"], c["labels"]), c["labels"], c["k"]),
+                    "argmax")
+    new = momentum_update(c["protos"], c["emb"], c["labels"], chosen, w, gamma)
+
+    def official(weights):
+        return official_prototype_step(c["protos"], c["emb"], c["labels"], official_sim(c["emb"], c["protos"]),
+                                       weights, gamma, c["k"])[0]
+    torch.testing.assert_close(new, official(w), atol=TOL, rtol=0)
+    if gamma < 0.9:  # not vacuous: the weights matter, and counting them once would differ
+        assert (official(w) - official(c["correct"])).abs().max() > 1e-3
+        assert (official(w) - official(w.sqrt())).abs().max() > 1e-3
+
+
+def test_momentum_update_float64_equals_official(segment_path):
+    """float64 takes embedding_bag's generic CPU kernel, which adds the rows
+    past the last offset (the pixels that do not count) to the last bag:
+    they must weigh 0 there."""
+    c = make_case(d=16, seed=15)
+    emb, protos = c["emb"].double(), c["protos"].double()
+    w = c["correct"] * torch.rand(c["labels"].numel(), generator=torch.Generator().manual_seed(18)).double()
+    ref, ref_plan, _ = official_prototype_step(protos, emb, c["labels"], official_sim(emb, protos), w, 0.5, c["k"])
+    new = momentum_update(protos, emb, c["labels"], ref_plan.argmax(dim=1), w, 0.5)
+    assert new.dtype == torch.float64
+    torch.testing.assert_close(new, ref, atol=1e-12, rtol=0)
 
 
 def test_momentum_update_given_assignment_equals_official_with_gumbel_like_assignment():
@@ -365,11 +417,12 @@ def _case_with_k(k, seed=0, n=3000, m=10, d=16):
 
 
 @pytest.mark.parametrize("mode", ["argmax", "gumbel"])
-def test_no_host_sync_and_op_count_independent_of_k(mode):
+def test_no_host_sync_and_op_count_independent_of_k(mode, segment_path):
     small, large = _run_vectorised(_case_with_k(3), mode), _run_vectorised(_case_with_k(150, seed=1), mode)
     assert small.syncs == [] and large.syncs == [], (small.syncs, large.syncs)
     assert small.ops == large.ops  # the same op sequence for 3 and 150 classes: no loop over classes
-    assert len(small.ops) < 200  # a fixed, small number of ops (61 today)
+    assert len(small.ops) < 200  # a fixed, small number of ops (64 with argmax on the CPU today)
+    assert any("embedding_bag" in op for op in small.ops) == (segment_path == "sorted")
 
 
 def test_sync_detector_catches_the_official_loop():
@@ -385,7 +438,7 @@ def test_sync_detector_catches_the_official_loop():
     assert len(large.ops) > 4 * len(small.ops)
 
 
-def test_runs_on_meta_device():
+def test_runs_on_meta_device(segment_path):
     """No op needs tensor values (meta tensors have none: `.item()`, `nonzero`
     and boolean-mask indexing all raise on them)."""
     n, k, m, d = 1000, 19, 10, 32

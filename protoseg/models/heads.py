@@ -72,8 +72,7 @@ class PrototypeHead(nn.Module):
         the momentum update from correctly predicted pixels. fp32 throughout."""
         k, m = self.num_classes, self.num_prototypes
         with torch.autocast(device_type=emb.device.type, enabled=False):
-            own_slots = target.clamp(min=0)[:, None] * m + torch.arange(m, device=target.device)
-            plan = P.sinkhorn_plan(sim.float().gather(1, own_slots), target, k,
+            plan = P.sinkhorn_plan(P.own_class_similarity(sim, target, m), target, k,
                                    self.cfg["sinkhorn_epsilon"], self.cfg["sinkhorn_iterations"])
             best = plan.argmax(dim=1)
             proto_target = torch.where(target >= 0, target * m + best, -1)
