@@ -283,7 +283,7 @@ def cmd_estimate(args) -> int:
     from protoseg.engine import pick_device
 
     print(estimate.render(rows, str(pick_device(sweep.runs[0].value("train.device")))))
-    return 0
+    return 1 if any(r["error"] for r in rows) else 0
 
 
 def cmd_status(args) -> int:

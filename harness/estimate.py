@@ -71,10 +71,11 @@ def time_step(spec: dict, batch: int, steps: int, crop: tuple[int, int] | None =
 def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, batch: int | None = None,
              crop_scale: float = 1.0, progress: bool = True) -> list[dict]:
     """One row per cell: run_id, settings, s_per_iter, iterations, wall_h, device_h, limit_h (or None),
-    and `timed` (batch x crop timed, -> the per-device batch x crop it is scaled to), or None."""
+    `timed` (batch x crop timed, -> the per-device batch x crop it is scaled to) or None, and `error`: why
+    its model could not be timed (s_per_iter, wall_h and device_h are then None), or None."""
     world = processes(sweep.executor)
     keys = {run.run_id: _key(run, world) for run in sweep.runs}  # each run's spec is built once
-    timed: dict[str, tuple[float, str | None]] = {}  # key -> (s per step at the cell's size, scaling)
+    timed: dict[str, tuple[float | None, str | None, str | None]] = {}  # key -> (s per step, scaling, error)
     groups: dict[str, RunSpec] = {}
     for run in sweep.runs:
         groups.setdefault(keys[run.run_id], run)
@@ -85,18 +86,21 @@ def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, batch:
         small = scaled_crop(crop, crop_scale) if crop_scale != 1 else crop
         factor = per_device / at * (crop[0] * crop[1]) / (small[0] * small[1])
         scaling = (f"{at} x {small[0]}x{small[1]} -> {per_device} x {crop[0]}x{crop[1]}" if factor != 1 else None)
-        timed[key] = (time_step(run.spec, at, steps, small) * factor, scaling)
+        try:
+            timed[key] = (time_step(run.spec, at, steps, small) * factor, scaling, None)
+        except Exception as err:  # one model that cannot train at this size does not end the estimate
+            timed[key] = (None, scaling, f"{type(err).__name__}: {err}")
     limit = None
     if "timeout_min" in sweep.executor:
         limit = sweep.executor["timeout_min"] * (sweep.executor.get("max_timeouts", 0) + 1) / 60
     rows = []
     for run in sweep.runs:
-        per_iter, scaling = timed[keys[run.run_id]]
+        per_iter, scaling, error = timed[keys[run.run_id]]
         its = iterations or run.value("train.iterations")
-        wall = its * per_iter / 3600
+        wall = None if per_iter is None else its * per_iter / 3600
         rows.append({"run_id": run.run_id, "settings": settings_text(run.settings), "s_per_iter": per_iter,
-                     "iterations": its, "wall_h": wall, "device_h": wall * world, "limit_h": limit,
-                     "models": len(groups), "timed": scaling})
+                     "iterations": its, "wall_h": wall, "device_h": None if wall is None else wall * world,
+                     "limit_h": limit, "models": len(groups), "timed": scaling, "error": error})
     return rows
 
 
@@ -107,11 +111,16 @@ def render(rows: list[dict], device: str) -> str:
     if scaled:
         lines.append("  timed smaller and scaled per image and pixel (batch x crop): " + "; ".join(scaled))
     for r in rows:
+        if r["error"]:
+            lines.append(f"  {r['run_id']}  {r['settings']:<{width}}  FAILED: {r['error']}")
+            continue
         flag = ""
         if r["limit_h"] is not None and r["wall_h"] > r["limit_h"]:
             flag = f"  WARNING: over the {r['limit_h']:.1f} h a job gets (timeout_min x (max_timeouts + 1))"
         lines.append(f"  {r['run_id']}  {r['settings']:<{width}}  {r['s_per_iter']:8.3f} s/iter x {r['iterations']}"
                      f" = {r['wall_h']:8.2f} h{flag}")
-    total = sum(r["device_h"] for r in rows)
-    lines.append(f"total: {total:.1f} device-hours (wall x processes per run); evaluation and start-up not included")
+    total = sum(r["device_h"] for r in rows if not r["error"])
+    failed = sum(bool(r["error"]) for r in rows)
+    lines.append(f"total: {total:.1f} device-hours (wall x processes per run); evaluation and start-up not included"
+                 + (f"; {failed} cell(s) FAILED to train, left out" if failed else ""))
     return "\n".join(lines)

@@ -53,6 +53,20 @@ def test_a_smaller_batch_and_crop_are_scaled_back_per_image_and_pixel(tmp_path, 
     assert estimate.scaled_crop((32, 48), 0.5) == (32, 48) and estimate.scaled_crop((512, 512), 0.3) == (160, 160)
 
 
+def test_a_model_that_cannot_train_is_reported_and_the_others_are_estimated(tmp_path, monkeypatch):
+    def fails_for_prototypes(spec, batch, steps, crop=None):
+        if spec["model"]["head"] == "nonparametric":
+            raise ValueError("Expected more than 1 value per channel when training")
+        return 0.5
+
+    monkeypatch.setattr(estimate, "time_step", fails_for_prototypes)
+    rows = estimate.estimate(matrix.load(_experiment(tmp_path, 3600)), steps=1, progress=False)
+    text = estimate.render(rows, "cpu")
+    assert text.count("FAILED: ValueError: Expected more than 1 value per channel") == 2
+    assert "total: 1.0 device-hours" in text and "2 cell(s) FAILED to train, left out" in text
+    assert [r["wall_h"] for r in rows if not r["error"]] == [0.5, 0.5]
+
+
 def test_a_crop_scale_outside_0_1_is_refused(tmp_path):
     proc = run_harness("estimate", _experiment(tmp_path), "--crop-scale", "2", results=tmp_path / "results")
     assert proc.returncode != 0 and "--crop-scale 2.0 is not valid; valid: a number in (0, 1]" in proc.stderr
