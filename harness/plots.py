@@ -221,17 +221,24 @@ def tensorboard_scalars(frame: pd.DataFrame, results: Path, out: Path) -> Path |
         return None
     columns = min(4, len(tags))
     rows = -(-len(tags) // columns)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {name: cycle[i % len(cycle)] for i, name in enumerate(runs)}  # a run's colour in every panel
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
     for ax, tag in zip(axes.flat, tags):
         for name, scalars in runs.items():
             if tag in scalars:
-                ax.plot(*scalars[tag], lw=1, label=name)
+                steps, values = scalars[tag]
+                ax.plot(steps, values, lw=1, label=name, color=colour[name],
+                        marker="o" if len(steps) <= 5 else None, ms=3)
         ax.set_title(tag, fontsize=9)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(tags):]:
+    spare = list(axes.flat)[len(tags):]
+    for ax in spare:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
+    lines = {line.get_label(): line for ax in axes.flat for line in ax.lines}  # one per run
+    (spare[0] if spare else axes.flat[0]).legend(lines.values(), lines.keys(), fontsize=7,
+                                                 loc="center" if spare else "best")
     return _save(fig, out / "tensorboard_scalars.png")
 
 
