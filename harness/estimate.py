@@ -90,6 +90,8 @@ def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, batch:
             timed[key] = (time_step(run.spec, at, steps, small) * factor, scaling, None)
         except Exception as err:  # one model that cannot train at this size does not end the estimate
             timed[key] = (None, scaling, f"{type(err).__name__}: {err}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the next model is timed without the failed one's memory
     limit = None
     if "timeout_min" in sweep.executor:
         limit = sweep.executor["timeout_min"] * (sweep.executor.get("max_timeouts", 0) + 1) / 60

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from protoseg.io import atomic_write_bytes  # noqa: E402
 
-from .store import read_metrics  # noqa: E402
+from .store import Store, read_metrics  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -211,10 +211,12 @@ def _board_scalars(folder: Path) -> dict[str, tuple[list, list]]:
 def tensorboard_scalars(frame: pd.DataFrame, results: Path, out: Path) -> Path | None:
     """What TensorBoard's scalar dashboard shows for these runs, from their event files (for a report
     read without a TensorBoard server): a panel per tag, a line per run named as TensorBoard names it."""
+    from .worker import board_dir
+
     runs = {}
     for _, row in frame.iterrows():
-        folder = next((results / row["sweep"] / ".tensorboard").glob(f"*({row['run_id']})"), None)
-        if folder is not None:
+        folder = board_dir(Store(results, row["sweep"]), row["run_id"])
+        if folder.is_dir():
             runs[folder.name] = _board_scalars(folder)
     tags = sorted({tag for scalars in runs.values() for tag in scalars})
     if not tags:

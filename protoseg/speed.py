@@ -72,9 +72,9 @@ def inference_fps(model, dataset, eval_cfg: dict, num_classes: int, device: torc
     count, warmup = eval_cfg["fps_images"], eval_cfg["fps_warmup"]
     if not count or len(dataset) == 0:
         return {"inference_fps": None, "inference_fps_images": 0}
+    images = [dataset[i][0][None].to(device) for i in range(min(len(dataset), PRELOADED))]
     was_training = model.training
     model.eval()
-    images = [dataset[i][0][None].to(device) for i in range(min(len(dataset), PRELOADED))]
 
     def infer(i: int) -> None:
         predict_logits(model, images[i % len(images)], eval_cfg, num_classes)

@@ -59,3 +59,26 @@ def test_a_resumed_run_shows_each_step_once(tmp_path):
     engine.run(spec, tmp_path / "run")
     (steps,) = [[s for s, _ in tags["train/loss"]] for tags in _scalars(tmp_path / "run" / "tensorboard").values()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_figure_finds_a_run_without_settings(tmp_path, monkeypatch):
+    """A one-cell sweep's run has no settings: its event folder is named by its run id alone."""
+    import pandas as pd
+
+    from harness import plots
+    from harness.store import Store
+    from harness.worker import board_dir
+    from protoseg.board import Board
+
+    store = Store(tmp_path, "single")
+    store.prepare("r1", {"model": {}}, {})
+    board = Board(board_dir(store, "r1"))
+    for step in (1, 2, 3):
+        board.train(step, 1.0 / step, {}, 0.01, None)
+    board.close()
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault(path.name, fig) and path)
+    assert plots.tensorboard_scalars(pd.DataFrame([{"sweep": "single", "run_id": "r1"}]), tmp_path, tmp_path)
+    panels = {ax.get_title(): ax for ax in drawn["tensorboard_scalars.png"].axes if ax.get_title()}
+    assert set(panels) == {"train/loss", "train/lr"}
+    assert [list(line.get_xdata()) for line in panels["train/loss"].lines] == [[1, 2, 3]]

@@ -21,5 +21,7 @@ def test_gpu_check_prints_step_times_fps_and_prototype_step_ratios_on_cpu():
              re.findall(r"^(parametric|nonparametric)\s+([0-9.]+)\s+[0-9.]+\s+([0-9.]+)", out, re.M)}
     assert set(heads) == {"parametric", "nonparametric"} and all(min(v) > 0 for v in heads.values())
     assert re.search(r"^nonparametric / parametric training step: [0-9.]+x", out, re.M)
-    ratios = dict(re.findall(r"^\s+(19|150)\s+cpu\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)x", out, re.M))
-    assert set(ratios) == {"19", "150"} and all(float(r) > 0 for r in ratios.values())
+    ratios = {(k, weights): float(r) for k, weights, r in
+              re.findall(r"^\s+(19|150)\s+cpu\s+(bool|real)\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)x", out, re.M)}
+    assert set(ratios) == {(k, w) for k in ("19", "150") for w in ("bool", "real")}  # both weight paths
+    assert all(r > 0 for r in ratios.values())

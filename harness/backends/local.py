@@ -14,7 +14,7 @@ import threading
 import time
 
 from ..matrix import RunSpec
-from ..store import Store, owner
+from ..store import Store, owner, pid_alive
 from . import RunBar, Setting
 
 SETTINGS: dict[str, Setting] = {}  # only the common ones: backend, jobs, stale_after
@@ -44,9 +44,15 @@ def _die_with(pid: int) -> None:
         handle = os.pidfd_open(pid)
     except ProcessLookupError:
         os.kill(os.getpid(), signal.SIGKILL)
+    except (OSError, AttributeError):  # no pidfd (Linux < 5.3, a seccomp filter): poll instead
+        handle = None
 
     def watch() -> None:
-        select.select([handle], [], [])  # readable once `pid` has exited
+        if handle is not None:
+            select.select([handle], [], [])  # readable once `pid` has exited
+        else:
+            while pid_alive(pid):
+                time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True, name="die with the harness").start()
@@ -55,11 +61,13 @@ def _die_with(pid: int) -> None:
 def _worker(folder: str, threads: int, harness_pid: int) -> None:
     """The child: its output to the run's worker.log, then the run, as `python -m harness.worker` would
     run it, but tied to the harness by _die_with (its parent is the forkserver)."""
-    _die_with(harness_pid)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # ignored by the forkserver; a stop must not be lost
+        signal.signal(sig, signal.SIG_DFL)
     log = os.open(os.path.join(folder, "worker.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     for fd in (1, 2):
         os.dup2(log, fd)
     os.close(log)
+    _die_with(harness_pid)
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     from .. import worker
 
@@ -75,7 +83,7 @@ def _launch(store: Store, rid: str, threads: int) -> multiprocessing.Process:
 def _stop_all(active: dict[str, multiprocessing.Process], grace: float = 60.0) -> None:
     """SIGTERM makes each worker checkpoint and exit; whatever is left after `grace` is killed."""
     for proc in active.values():
-        os.kill(proc.pid, signal.SIGTERM)
+        proc.terminate()
     deadline = time.time() + grace
     for proc in active.values():
         proc.join(max(deadline - time.time(), 0.1))
@@ -120,7 +128,7 @@ def wait(handle: Pool, progress: bool = True) -> dict[str, str]:
                     finish(spec.run_id, "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere")
             for rid, proc in list(active.items()):
                 code = proc.exitcode
-                if code is None:
+                if code is None or (code == 255 and pid_alive(proc.pid)):  # 255: the forkserver died, not the run
                     continue
                 proc.close()
                 del active[rid]
@@ -129,8 +137,10 @@ def wait(handle: Pool, progress: bool = True) -> dict[str, str]:
                     store.release(rid)
                 finish(rid, store.state(rid, stale_after))
             time.sleep(0.1)
-    except KeyboardInterrupt:
-        bar.note(f"interrupted: stopping {len(active)} running run(s) at a checkpoint...")
+    except BaseException as err:  # Ctrl-C, a signal, or a failure of the harness itself: no run is left behind
+        if active:
+            bar.note(f"{'interrupted' if isinstance(err, KeyboardInterrupt) else type(err).__name__}: "
+                     f"stopping {len(active)} running run(s) at a checkpoint...")
         _stop_all(active)
         raise
     finally:
