@@ -110,7 +110,8 @@ def cancel(job_ids, pending_only: bool = False) -> set[str]:
     not started. Returns the ids it scancelled."""
     ids = sorted({str(j) for j in job_ids if j})
     listed = squeue(ids) if ids else {}
-    chosen = sorted(job for job, state in listed.items() if job in ids
+    asked = set(ids)
+    chosen = sorted(job for job, state in listed.items() if job in asked
                     and state not in TERMINAL and (state == "PENDING" or not pending_only))
     if not chosen:
         return set()
