@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--steps", type=_positive, default=3, help="timed training steps per distinct model (default 3)")
     est.add_argument("--iterations", type=_positive, help="estimate with this many iterations per cell instead")
     est.add_argument("--batch", type=_positive, help="time at this per-device batch and scale per image to the cell's "
-                                               "(on a CPU: 1, so that big models fit and table2 takes minutes)")
+                                               "(on a CPU: 2, so that big models fit and table2 takes minutes)")
     est.add_argument("--crop-scale", type=float, default=1.0, metavar="F",
                      help="time at each crop side x F (0 < F <= 1) and scale per pixel (on a CPU: 0.5)")
     est.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for run")

@@ -198,6 +198,7 @@ def predictions(frame: pd.DataFrame, results: Path, out: Path, images: int = 3) 
                    bbox_to_anchor=(0.5, -0.02))
     return _save(fig, out / "predictions.png")
 
+
 def _board_scalars(folder: Path) -> dict[str, tuple[list, list]]:
     """{tag: (steps, values)} of a run's TensorBoard event files, read by TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
