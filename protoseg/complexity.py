@@ -3,6 +3,10 @@
 Papers' "GFLOPs" are multiply-accumulates (the mmcv / mmengine / fvcore
 convention): `macs` here, counted by mmengine.analysis. torch's own
 flop_counter counts 2 per multiply-add: `flops` here. Both are stored.
+Both counters see `scaled_dot_product_attention` (transformers' MiT runs
+attention through it) as zero on CPU: it is given a handle in each, the two
+matrix products q k^T and a v (softmax and scaling are not counted, as for
+an eager attention's matmuls).
 """
 from __future__ import annotations
 
@@ -10,11 +14,12 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .io import atomic_write_json
 
@@ -38,13 +43,33 @@ def _inference_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def count_params(model: nn.Module) -> dict:
-    """Learnable = parameters with requires_grad; total adds the rest and the
-    buffers that are model state, such as the prototypes (BN statistics excluded)."""
+    """Learnable = parameters with requires_grad, of the model as it infers; total adds the rest and the
+    buffers that are model state, such as the prototypes (BN statistics excluded). `with_aux`: the
+    learnable parameters of the model as trained, the auxiliary head included (the FCN row of the
+    ProtoSeg paper counts it)."""
     params = _inference_params(model)
     learnable = sum(p.numel() for p in params if p.requires_grad)
     frozen = sum(p.numel() for p in params if not p.requires_grad)
     state_buffers = sum(b.numel() for name, b in model.named_buffers() if name.endswith("prototypes"))
-    return {"params_learnable": learnable, "params_total": learnable + frozen + state_buffers}
+    return {"params_learnable": learnable, "params_total": learnable + frozen + state_buffers,
+            "params_learnable_with_aux": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def _sdpa_macs(inputs, outputs) -> int:
+    """mmengine's handle of aten::scaled_dot_product_attention: q (..., L, E), k (..., S, E), v (..., S, Ev)
+    -> L S E for q k^T plus L S Ev for a v, per batch and head."""
+    from mmengine.analysis.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """torch's formula for its GPU attention kernels (2 per multiply-add), for the CPU kernel it lacks one for."""
+    return sdpa_flop_count(query, key, value)
+
+
+_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
 @torch.no_grad()
@@ -59,10 +84,11 @@ def count_macs_flops(model: nn.Module, size: tuple[int, int]) -> dict:
         image = torch.zeros(1, 3, *size, device=device)
         wrapped = _SegOnly(model)
         analyzer = FlopAnalyzer(wrapped, (image,))
+        analyzer.set_op_handle(**{"aten::scaled_dot_product_attention": _sdpa_macs})
         analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         with contextlib.redirect_stdout(io.StringIO()):
             macs = int(analyzer.total())
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
         with counter:
             wrapped(image)
         flops = int(counter.get_total_flops())
@@ -76,6 +102,8 @@ def measure(model: nn.Module, size: tuple[int, int]) -> dict:
     return {**count_params(model), **count_macs_flops(model, size)}
 
 
+# bumped when what is counted changes (2: attention counted, params_learnable_with_aux), so no cache holds old counts
+COUNTS_VERSION = 2
 # the model fields that leave the architecture's counts alone (weights, training-only settings)
 NOT_ARCHITECTURE = ("pretrained", "gamma", "update_prototypes", "update_assignment", "sinkhorn_epsilon",
                     "sinkhorn_iterations", "ppc_weight", "ppd_weight", "ppc_temperature", "class_weights",
@@ -89,7 +117,8 @@ def measure_cached(model: nn.Module, model_cfg: dict, num_classes: int, size: tu
     if cache is None:
         return measure(model, size)
     arch = {k: v for k, v in model_cfg.items() if k not in NOT_ARCHITECTURE}
-    key = hashlib.sha1(json.dumps([arch, num_classes, list(size)], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps([COUNTS_VERSION, arch, num_classes, list(size)], sort_keys=True).encode()
+                       ).hexdigest()[:16]
     path = Path(cache) / f"{key}.json"
     try:
         return json.loads(path.read_text())

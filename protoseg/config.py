@@ -37,8 +37,11 @@ DEFAULTS: dict[str, Any] = {
         "drop_path": 0.0,              # stochastic depth of transformer backbones (Swin recipe: 0.3)
         "decoder_channels": None,      # None = the decoder's default: hrnet the sum of the stage channels
                                        # (HRNet-W48: 720), fcn 512, upernet 512, segformer 256 (mmseg's)
+        "decoder_kernel": None,        # hrnet's fusion conv: None = 3 (official code, 4.67 M at W48) | 1 (mmseg's
+                                       # FCNHead kernel_size=1, the model of the paper's 65.9 M)
         "dropout": 0.1,
-        "norm": "BN",                  # BN | SyncBN
+        "norm": "BN",                  # BN | SyncBN: every BatchNorm (backbone, decoder, aux head) synchronised
+                                       # across processes; a single-process or CPU run keeps BatchNorm
         "head": "nonparametric",       # parametric | nonparametric
         "embed_dim": None,             # projection output; None = decoder channels
         "num_prototypes": 10,          # M, prototypes per class
@@ -162,6 +165,7 @@ def _device(v) -> bool:
 RULES: dict[str, tuple[Callable, str]] = {
     "model.output_stride": ((lambda v: v in (8, 16, 32)), "8, 16 or 32"),
     "model.decoder_channels": _count(),
+    "model.decoder_kernel": ((lambda v: type(v) is int and v in (1, 3)), "null, 1 or 3"),
     "model.dropout": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "model.aux_weight": _NON_NEGATIVE,
     "train.betas": ((lambda v: all(isinstance(x, (int, float)) and 0 <= x < 1 for x in v)), "[b1, b2] in [0, 1)"),

@@ -81,3 +81,27 @@ def barrier() -> None:
     if _active():
         device = _device()
         dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_batchnorm(model: torch.nn.Module, norm: str, world: int, device_type: str) -> int:
+    """Under `model.norm: SyncBN`, every BatchNorm of `model` (backbone, decoder, auxiliary head) becomes a
+    SyncBatchNorm when the run has several CUDA processes, as mmseg's and the official recipes train;
+    the number converted. SyncBatchNorm does not run on CPU, and one process has nothing to synchronise:
+    there the model keeps BatchNorm, said in one notice line."""
+    if norm != "SyncBN":
+        return 0
+    if world < 2 or device_type != "cuda":
+        from .config import notice
+
+        notice(f"model.norm is SyncBN, but this run has {world} process(es) on {device_type}: BatchNorm stays "
+               "per-process (SyncBatchNorm needs CUDA and more than one process)")
+        return 0
+    from ._compat import prepare_torchvision
+
+    prepare_torchvision()
+    # timm's conversion keeps the activation of its fused BatchNormAct2d (EfficientNet), torch's drops it
+    from timm.layers import convert_sync_batchnorm
+
+    count = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    convert_sync_batchnorm(model)
+    return count

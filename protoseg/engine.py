@@ -228,7 +228,11 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     _configure_torch(tcfg)
     _seed_everything(tcfg["seed"])
     train_set, val_set = build_dataset(dcfg, "train"), build_dataset(dcfg, "val")
-    model = build_model(mcfg, train_set.num_classes).to(device)
+    model = build_model(mcfg, train_set.num_classes)
+    synced = distributed.sync_batchnorm(model, mcfg["norm"], world, device.type)
+    if synced and main:
+        log.info("SyncBN: %d BatchNorm layers synchronised across %d processes", synced, world)
+    model = model.to(device)
     optimizer = build_optimizer(model, tcfg)
     iterations = tcfg["iterations"]
     scheduler = build_scheduler(optimizer, tcfg)

@@ -8,6 +8,8 @@ BACKBONES: dict[str, tuple[str, str, dict]] = {
     "resnet18": (_TIMM, "resnet18", {"out_indices": (1, 2, 3, 4), "dilatable": True}),
     "resnet50": (_TIMM, "resnet50", {"out_indices": (1, 2, 3, 4), "dilatable": True}),
     "resnet101": (_TIMM, "resnet101", {"out_indices": (1, 2, 3, 4), "dilatable": True}),
+    # mmseg's ResNetV1c (deep stem 3x3 convs 32-32-64), the FCN / DeepLab baselines' backbone
+    "resnet101c": (_TIMM, "resnet101c", {"out_indices": (1, 2, 3, 4), "dilatable": True}),
     # feature_location='' gives the raw HRNet branches (W48: 48+96+192+384 = 720), as the official code
     "hrnet_w18_small": (_TIMM, "hrnet_w18_small", {"out_indices": (1, 2, 3, 4), "feature_location": ""}),
     "hrnet_w48": (_TIMM, "hrnet_w48", {"out_indices": (1, 2, 3, 4), "feature_location": ""}),

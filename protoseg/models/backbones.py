@@ -145,14 +145,16 @@ def _some(keys, n: int = 5) -> str:
 
 def load_weights(body: nn.Module, timm_name: str, path: Path) -> None:
     """Load a checkpoint in timm's names (the official HRNet ImageNet
-    checkpoints have them too) into a timm model or features body. A
+    checkpoints have them too; mmseg's ResNetV1c ones are renamed) into a timm model or features body. A
     checkpoint of another naming (e.g. lukemelas' EfficientNet) whose
     tensors match timm's full model one for one, in order and shape, is
     mapped by order."""
     import timm
 
-    state = read_state(path)
     names = body.state_dict()
+    state = read_state(path)
+    if "conv1.0.weight" in names:  # a deep-stem ResNet (ConvNeXt's own keys start with 'stem.' too)
+        state = mmseg_resnet_names(state)
     if not names.keys() & {_body_key(k, names) for k in state}:
         reference = timm.create_model(timm_name, pretrained=False).state_dict()
         if len(state) == len(reference) and all(
@@ -166,3 +168,19 @@ def _body_key(key: str, names) -> str:
     joins the first two levels of some bodies ('stages.0.x' is 'stages_0.x')."""
     flat = key.replace(".", "_", 1)
     return flat if key not in names and flat in names else key
+
+
+# mmseg's ResNetV1c deep stem (open-mmlab://resnet101_v1c) -> timm's resnet*c: conv-bn-relu x 3, the last bn apart
+_MMSEG_STEM = {"stem.0.": "conv1.0.", "stem.1.": "conv1.1.", "stem.3.": "conv1.3.", "stem.4.": "conv1.4.",
+               "stem.6.": "conv1.6.", "stem.7.": "bn1."}
+
+
+def mmseg_resnet_names(state: dict) -> dict:
+    """`state` with mmseg's ResNetV1c stem names in timm's; its stages are named alike (layer1.0.conv1, ...)."""
+    if not any(k.startswith("stem.") for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in _MMSEG_STEM if key.startswith(p)), None)
+        out[_MMSEG_STEM[prefix] + key[len(prefix):] if prefix else key] = value
+    return out

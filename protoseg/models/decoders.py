@@ -2,7 +2,10 @@
 `.out_channels = D`, at the first stage's stride (fcn: its stage's stride).
 Besides the official HRNet decoder, mmseg's FCNHead, UPerHead and
 SegformerHead up to their classifier (the head, parametric or prototypes,
-is separate)."""
+is separate).
+
+Every norm is BatchNorm; `model.norm: SyncBN` converts the whole model's
+when a run has several CUDA processes (protoseg.distributed.sync_batchnorm)."""
 from __future__ import annotations
 
 import torch
@@ -11,8 +14,8 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
 
-def _conv(cin: int, cout: int, kernel: int, norm: str, **kw) -> ConvModule:
-    return ConvModule(cin, cout, kernel, padding=kernel // 2, norm_cfg=dict(type=norm, requires_grad=True), **kw)
+def _conv(cin: int, cout: int, kernel: int, **kw) -> ConvModule:
+    return ConvModule(cin, cout, kernel, padding=kernel // 2, norm_cfg=dict(type="BN", requires_grad=True), **kw)
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -21,13 +24,14 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
 
 class HRNetDecoder(nn.Module):
     """The official decoder: every stage resized to the first stage's size,
-    concatenated, then Conv3x3-BN-ReLU-Dropout2d."""
+    concatenated, then Conv3x3-BN-ReLU-Dropout2d (`kernel` 1: mmseg's
+    FCNHead with kernel_size=1, whose size the paper's HRNet rows give)."""
 
     def __init__(self, in_channels: list[int], channels: int | None = None, dropout: float = 0.1,
-                 norm: str = "BN"):
+                 kernel: int | None = None):
         super().__init__()
         self.out_channels = channels or sum(in_channels)
-        self.conv = _conv(sum(in_channels), self.out_channels, 3, norm)
+        self.conv = _conv(sum(in_channels), self.out_channels, kernel or 3)
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -42,13 +46,13 @@ class FCNDecoder(nn.Module):
     a 3x3 ConvModule; then dropout. Its output keeps that stage's stride."""
 
     def __init__(self, in_channels: list[int], channels: int | None = None, dropout: float = 0.1,
-                 norm: str = "BN", in_index: int = -1, num_convs: int = 2, concat_input: bool = True):
+                 in_index: int = -1, num_convs: int = 2, concat_input: bool = True):
         super().__init__()
         self.in_index = in_index
         self.out_channels = channels = channels or 512
         cin = in_channels[in_index]
-        self.convs = nn.Sequential(*[_conv(cin if i == 0 else channels, channels, 3, norm) for i in range(num_convs)])
-        self.conv_cat = _conv(cin + channels, channels, 3, norm) if concat_input else None
+        self.convs = nn.Sequential(*[_conv(cin if i == 0 else channels, channels, 3) for i in range(num_convs)])
+        self.conv_cat = _conv(cin + channels, channels, 3) if concat_input else None
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -65,17 +69,17 @@ class UPerNetDecoder(nn.Module):
     PPM's as it is) resized to stride 4, concatenated, fused by a 3x3 conv."""
 
     def __init__(self, in_channels: list[int], channels: int | None = None, dropout: float = 0.1,
-                 norm: str = "BN", pool_scales: tuple[int, ...] = (1, 2, 3, 6)):
+                 pool_scales: tuple[int, ...] = (1, 2, 3, 6)):
         super().__init__()
         self.out_channels = channels = channels or 512
         top = in_channels[-1]
-        self.ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv(top, channels, 1, norm))
+        self.ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), _conv(top, channels, 1))
                                  for s in pool_scales)
-        self.bottleneck = _conv(top + len(pool_scales) * channels, channels, 3, norm)
+        self.bottleneck = _conv(top + len(pool_scales) * channels, channels, 3)
         # not in place: the laterals are summed into afterwards (as mmseg)
-        self.lateral_convs = nn.ModuleList(_conv(c, channels, 1, norm, inplace=False) for c in in_channels[:-1])
-        self.fpn_convs = nn.ModuleList(_conv(channels, channels, 3, norm, inplace=False) for _ in in_channels[:-1])
-        self.fpn_bottleneck = _conv(len(in_channels) * channels, channels, 3, norm)
+        self.lateral_convs = nn.ModuleList(_conv(c, channels, 1, inplace=False) for c in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(_conv(channels, channels, 3, inplace=False) for _ in in_channels[:-1])
+        self.fpn_bottleneck = _conv(len(in_channels) * channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -96,12 +100,11 @@ class SegFormerDecoder(nn.Module):
     resized to stride 4, concatenated in stage order (mmseg's; NVlabs'
     original reverses it), fused by a 1x1 ConvModule, then dropout."""
 
-    def __init__(self, in_channels: list[int], channels: int | None = None, dropout: float = 0.1,
-                 norm: str = "BN"):
+    def __init__(self, in_channels: list[int], channels: int | None = None, dropout: float = 0.1):
         super().__init__()
         self.out_channels = channels = channels or 256
-        self.convs = nn.ModuleList(_conv(c, channels, 1, norm) for c in in_channels)
-        self.fusion_conv = _conv(len(in_channels) * channels, channels, 1, norm)
+        self.convs = nn.ModuleList(_conv(c, channels, 1) for c in in_channels)
+        self.fusion_conv = _conv(len(in_channels) * channels, channels, 1)
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -117,4 +120,10 @@ def build_decoder(model_cfg: dict, in_channels: list[int]) -> nn.Module:
     name = model_cfg["decoder"]
     if name not in DECODERS:
         raise ValueError(f"model.decoder is {name!r}; valid: {', '.join(DECODERS)}")
-    return DECODERS[name](in_channels, model_cfg["decoder_channels"], model_cfg["dropout"], model_cfg["norm"])
+    options = {}
+    if model_cfg["decoder_kernel"] is not None:
+        if name != "hrnet":
+            raise ValueError(f"model.decoder_kernel is {model_cfg['decoder_kernel']} for decoder {name!r}; "
+                             "it sets the hrnet decoder's fusion conv: valid for this decoder: null")
+        options["kernel"] = model_cfg["decoder_kernel"]
+    return DECODERS[name](in_channels, model_cfg["decoder_channels"], model_cfg["dropout"], **options)

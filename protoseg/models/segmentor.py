@@ -16,9 +16,9 @@ class AuxHead(nn.Module):
 
     training_only = True
 
-    def __init__(self, in_channels: list[int], num_classes: int, dropout: float, norm: str):
+    def __init__(self, in_channels: list[int], num_classes: int, dropout: float):
         super().__init__()
-        self.fcn = FCNDecoder(in_channels, 256, dropout, norm, in_index=2, num_convs=1, concat_input=False)
+        self.fcn = FCNDecoder(in_channels, 256, dropout, in_index=2, num_convs=1, concat_input=False)
         self.classifier = nn.Conv2d(256, num_classes, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -31,7 +31,7 @@ class Segmentor(nn.Module):
         self.backbone = build_backbone(model_cfg)
         self.decoder = build_decoder(model_cfg, self.backbone.channels)
         self.head = build_head(model_cfg, self.decoder.out_channels, num_classes)
-        self.aux_head = (AuxHead(self.backbone.channels, num_classes, model_cfg["dropout"], model_cfg["norm"])
+        self.aux_head = (AuxHead(self.backbone.channels, num_classes, model_cfg["dropout"])
                          if model_cfg["aux_head"] else None)
         self.num_classes = num_classes
 
