@@ -20,8 +20,9 @@ def test_table2_lists_24_cells_and_its_smoke_plan_shrinks_every_cell_but_the_cou
     assert len(real.runs) == len(plan.runs) == 24 and plan.name == "table2-smoke" and real.name == "table2"
     assert not {r.run_id for r in real.runs} & {r.run_id for r in plan.runs}
     families = {(r.value("model.backbone"), r.value("model.decoder")) for r in plan.runs}
-    assert families == {("resnet101", "fcn"), ("hrnet_w48", "hrnet"), ("swin_base", "upernet"),
+    assert families == {("resnet101c", "fcn"), ("hrnet_w48", "hrnet"), ("swin_base", "segformer"),
                         ("mit_b4", "segformer")}
+    assert {r.value("model.norm") for r in real.runs} == {"SyncBN"}
     for run in plan.runs:
         dataset = run.value("data.dataset")
         assert run.value("train.iterations") == 2 and run.value("data.crop_size") == [64, 64]
@@ -30,8 +31,9 @@ def test_table2_lists_24_cells_and_its_smoke_plan_shrinks_every_cell_but_the_cou
         assert run.value("eval.complexity_size") == PAPER_SIZES[dataset]
     recipe = {r.value("model.backbone"): r for r in real.runs}
     assert recipe["mit_b4"].value("train.head_lr_mult") == 10 and recipe["mit_b4"].value("train.optimizer") == "adamw"
-    assert recipe["swin_base"].value("model.drop_path") == 0.3 and recipe["swin_base"].value("model.aux_head")
-    assert recipe["resnet101"].value("model.output_stride") == 8
+    assert recipe["swin_base"].value("model.drop_path") == 0.3 and not recipe["swin_base"].value("model.aux_head")
+    assert recipe["swin_base"].value("model.decoder_channels") == 768  # the light head of the paper's 90.6 M
+    assert recipe["resnet101c"].value("model.output_stride") == 8 and recipe["resnet101c"].value("model.aux_head")
 
 
 def _small_matrix(tmp_path) -> tuple:
@@ -74,7 +76,7 @@ def test_table2_smoke_completes_every_cell(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = run_harness("report", "table2-smoke", results=results)
     assert report.returncode == 0, report.stderr
-    for backbone in ("resnet101", "hrnet_w48", "swin_base", "mit_b4"):
+    for backbone in ("resnet101c", "hrnet_w48", "swin_base", "mit_b4"):
         assert backbone in report.stdout
     assert len(list(Store(results, "table2-smoke").run_ids())) == 24
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a GPU: under 8 minutes on one GPU, prints
 #   - HRNet-W48 training step, parametric vs ProtoSeg, at 1024x512, batch 2, AMP, and both heads' FPS;
-#   - the prototype step, per-class loop against vectorised, at K = 19 and 150 on CUDA.
+#   - the prototype step, per-class loop against vectorised, at K = 19 and 150 on CUDA;
+#   - model.norm SyncBN: HRNet-W48's BatchNorms converted and, with 2 GPUs, synchronised across ranks.
 # Without CUDA it runs the same checks at CPU sizes (CI tests it that way).
 #   tests/benchmarks/gpu_check.sh            (PYTHON=... to use another interpreter)
 set -euo pipefail
@@ -13,6 +14,8 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
         --amp --repeats 10 --fps 50 --complexity-size 1024
     echo "== prototype step: the official per-class loop against the vectorised step, K = 19 and 150"
     "$PY" tests/benchmarks/bench_prototypes.py --device cuda --k 19 150
+    echo "== SyncBN: conversion and one training step on every GPU (at most 2)"
+    "$PY" tests/benchmarks/check_syncbn.py --backbone hrnet_w48
 else
     echo "no CUDA device: the same checks at CPU sizes"
     "$PY" tests/benchmarks/bench_train_step.py --backbone hrnet_w18_small --size 64 128 --batch 2 --classes 19 \
