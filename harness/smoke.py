@@ -76,3 +76,41 @@ def drop_checkpoints(store, run_ids) -> int:
             freed += sum(f.stat().st_size for f in folder.iterdir())
             shutil.rmtree(folder)
     return freed
+
+
+def sizes_against_paper(frame, entries: list[dict], tolerance: float = 0.01) -> str:
+    """Per model of a finished smoke sweep (`frame`: harness.report.load_runs), its learnable parameters as
+    trained (auxiliary head included) against the paper's #Param (`entries` of results/paper/, matched by
+    backbone, decoder and head), at K = 150 where the sweep has it, as the paper counts; '' when no model of
+    the sweep has a paper size. A parametric model more than `tolerance` off is marked."""
+    import pandas as pd
+
+    if frame.empty or "params_learnable_with_aux" not in frame:
+        return ""
+    keys = [k for k in ("model.backbone", "model.decoder", "model.head", "model.num_prototypes",
+                        "model.decoder_kernel") if k in frame]
+    frame = frame.assign(_not_k150=frame["num_classes"] != 150).sort_values("_not_k150", kind="stable")
+    lines = []
+    for values, group in frame.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, values))
+        model = (row["model.backbone"], row["model.decoder"], row["model.head"])
+        paper = next((e["params_M"] for e in entries
+                      if "params_M" in e and (e.get("backbone"), e.get("decoder"), e.get("head")) == model), None)
+        first = group.iloc[0]
+        if paper is None or pd.isna(first["params_learnable_with_aux"]):
+            continue
+        ours = first["params_learnable_with_aux"] / 1e6
+        kernel = row.get("model.decoder_kernel")
+        label = f"{model[0]} + {model[1]}" + ("" if pd.isna(kernel) else f" (kernel {int(kernel)})")
+        if model[2] == "parametric":
+            method = "parametric"
+            note = f"  <- more than {tolerance:.0%} off" if abs(ours / paper - 1) > tolerance else ""
+        else:
+            method = f"ProtoSeg M={row['model.num_prototypes']}"
+            note = "  (the paper's Ours rows leave the projection head out)"
+        lines.append(f"  {label:<28} {method:<14} K={int(first['num_classes']):<4} {ours:7.2f}  "
+                     f"paper {paper:5.1f}  {ours / paper - 1:+6.1%}{note}")
+    if not lines:
+        return ""
+    return "\n".join(["#Param (M), learnable, auxiliary head included, against the paper's "
+                      "(results/paper/protoseg_cvpr22.yaml; the paper counts at K = 150):", *lines])

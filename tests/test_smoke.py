@@ -93,3 +93,34 @@ def test_ablations_file_plans_the_official_cell_and_one_cell_per_changed_value()
     for key, values in (("model.num_prototypes", {1, 5, 20}), ("model.gamma", {0.0, 0.9, 0.99, 0.9999})):
         assert {dict(c).get(key) for c in changed if dict(c).get(key) is not None} == values
     assert (("model.ppc_weight", 0.0), ("model.ppd_weight", 0.0)) in changed
+
+
+def test_smoke_sizes_sit_beside_the_papers_at_k150_and_a_mismatch_is_marked():
+    import pandas as pd
+
+    entries = [{"backbone": "resnet101c", "decoder": "fcn", "head": "parametric", "params_M": 68.6},
+               {"backbone": "resnet101c", "decoder": "fcn", "head": "nonparametric", "params_M": 68.5},
+               {"backbone": "hrnet_w48", "decoder": "hrnet", "head": "parametric", "params_M": 65.9}]
+    cell = {"model.decoder_kernel": None, "model.num_prototypes": 10}
+    frame = pd.DataFrame([
+        {**cell, "model.backbone": "resnet101c", "model.decoder": "fcn", "model.head": "parametric",
+         "num_classes": 19, "params_learnable_with_aux": 68.49e6},
+        {**cell, "model.backbone": "resnet101c", "model.decoder": "fcn", "model.head": "parametric",
+         "num_classes": 150, "params_learnable_with_aux": 68.59e6},
+        {**cell, "model.backbone": "resnet101c", "model.decoder": "fcn", "model.head": "nonparametric",
+         "num_classes": 150, "params_learnable_with_aux": 69.04e6},
+        {**cell, "model.backbone": "hrnet_w48", "model.decoder": "hrnet", "model.head": "parametric",
+         "num_classes": 150, "params_learnable_with_aux": 70.10e6},
+        {**cell, "model.backbone": "hrnet_w48", "model.decoder": "hrnet", "model.head": "parametric",
+         "model.decoder_kernel": 1, "num_classes": 150, "params_learnable_with_aux": 65.95e6},
+        {**cell, "model.backbone": "mit_b0", "model.decoder": "segformer", "model.head": "parametric",
+         "num_classes": 150, "params_learnable_with_aux": 3.7e6},  # no paper size: no line
+    ])
+    lines = smoke.sizes_against_paper(frame, entries).splitlines()
+    assert len(lines) == 5 and "K = 150" in lines[0]
+    fcn, protoseg, hrnet3, hrnet1 = lines[1:]
+    assert "parametric" in fcn and "K=150" in fcn and "68.59" in fcn and "68.6" in fcn and "off" not in fcn
+    assert "ProtoSeg M=10" in protoseg and "projection head out" in protoseg
+    assert "70.10" in hrnet3 and "+6.4%" in hrnet3 and "more than 1% off" in hrnet3
+    assert "(kernel 1)" in hrnet1 and "65.95" in hrnet1 and "off" not in hrnet1
+    assert smoke.sizes_against_paper(frame[frame["model.backbone"] == "mit_b0"], entries) == ""
