@@ -167,6 +167,9 @@ def cmd_run(args) -> int:
     if not frame.empty:
         agg = report.aggregate(frame)
         print("\n" + report.render(agg, "md", report.caption(frame, agg)))
+        sizes = smoke.sizes_against_paper(frame, report.load_references().get("paper", [])) if args.smoke else ""
+        if sizes:  # the check that the cells are the paper's models, before a cluster trains them
+            print("\n" + sizes)
     return _outcome(store, plan, final)
 
 
@@ -304,13 +307,22 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from . import report
 
+    if args.layout == "paper" and args.format == "csv":
+        print("error: --layout paper writes md or latex; --format csv writes the runs' aggregate (--layout runs)",
+              file=sys.stderr)
+        return 2
     stores = _sweeps(args.results, args.target)
     frame = report.load_runs([s.dir for s in stores])
     if frame.empty:
         print("no finished runs (no metrics.json) to report", file=sys.stderr)
         return 1
-    agg = report.aggregate(frame)
-    text = report.render(agg, args.format, report.caption(frame, agg))
+    if args.layout == "paper":
+        from . import paper_layout
+
+        text = paper_layout.render(frame, args.format)
+    else:
+        agg = report.aggregate(frame)
+        text = report.render(agg, args.format, report.caption(frame, agg))
     if args.out:
         from protoseg.io import atomic_write_text
 
@@ -424,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = add("report", "paper-style table of a sweep")
     rep.add_argument("target", nargs="?", help="experiment file or sweep name (default: all)")
     rep.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    rep.add_argument("--layout", choices=("runs", "paper"), default="runs",
+                     help="runs: one row per backbone x method, every column (default); paper: the paper's Tables "
+                          "1-2, baseline and Ours rows per backbone, ours beside the paper's numbers (md or latex)")
     rep.add_argument("--out", help="write the table to this file")
     rep.add_argument("--plots", help="also write PNG figures to this folder")
     rep.set_defaults(func=cmd_report)

@@ -18,6 +18,8 @@ import pandas as pd
 from protoseg import config
 from protoseg.io import load_yaml
 
+from .identity import PROTOTYPE_ONLY
+from .smoke import SUFFIX as SMOKE_SUFFIX
 from .store import read_metrics
 
 REFERENCES = Path(__file__).resolve().parents[1] / "results" / "paper"
@@ -25,13 +27,21 @@ REFERENCE = "ref "  # prefix of the aggregate's reference columns
 UNKNOWN = "n/a"  # a reference column's number is not transcribed for this row (see results/paper/)
 # Spec fields with a place of their own in the table; any other field that varies goes into the method label.
 PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "model.num_prototypes", "train.seed"}
-SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_total", "macs", "flops", "train_time_s",
-           "prototype_diversity", "prototypes_used", "inference_fps", "train_img_s", "device")
+SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_learnable_with_aux", "params_total",
+           "macs", "flops", "train_time_s", "prototype_diversity", "prototypes_used", "inference_fps", "train_img_s",
+           "device")
 # Columns shown only where some run has them: {metric: (its column's name after the dataset, digits)}.
 # Besides these, one column per `harness evaluate` file name (its mIoU).
 DIAGNOSTICS = {"prototype_diversity": ("diversity", 3), "prototypes_used": ("protos used", 2),
                "inference_fps": ("FPS", 1)}
 EVAL_NAME = re.compile(r"eval-[A-Za-z0-9_-]+")  # protoseg/evaluate.py file_name()
+# What each reference column (results/paper/*.yaml `column:`) holds, for the captions.
+REFERENCE_SOURCES = {
+    "paper": "the paper's Tables 1-2 (Zhou et al., CVPR 2022), read second hand from screenshots of the tables "
+             "(results/paper/protoseg_cvpr22.yaml)",
+    "code": "the official ProtoSeg code release's README (results/paper/protoseg_official_code.yaml)",
+    "mmseg": "the MMSegmentation model zoo (results/paper/mmseg_model_zoo.yaml)",
+}
 
 
 def _spec_columns(spec: dict, baseline: dict) -> dict:
@@ -84,9 +94,14 @@ def extra_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in [*DIAGNOSTICS, *evals] if c in frame.columns and frame[c].notna().any()]
 
 
+def _value_text(value) -> str:
+    """A spec value as text; None (NaN in a column of numbers) is null."""
+    return "null" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
 def _settings_text(frame: pd.DataFrame, columns: list[str], short: bool) -> pd.Series:
     """'name=value, ...' per row for the given columns (short: the last part of the dotted name)."""
-    parts = [(c.split(".")[-1] if short else c) + "=" + frame[c].astype(str) for c in columns]
+    parts = [(c.split(".")[-1] if short else c) + "=" + frame[c].map(_value_text) for c in columns]
     text = parts[0]
     for part in parts[1:]:
         text = text + ", " + part
@@ -105,6 +120,13 @@ def method_labels(frame: pd.DataFrame) -> pd.Series:
     model = [c for c in varying if c.startswith("model.")]
     if model and proto.any():
         labels[proto] = labels[proto] + " (" + _settings_text(frame[proto], model, short=True) + ")"
+    # parametric runs of one backbone that differ in their architecture (model.decoder_kernel) stay apart
+    parametric = frame[~proto]
+    within_parametric = parametric.groupby(["model.backbone", "data.dataset"], dropna=False)
+    arch = [c for c in model if c.removeprefix("model.") not in PROTOTYPE_ONLY
+            and (within_parametric[c].nunique(dropna=False) > 1).any()]
+    if arch:
+        labels[~proto] = labels[~proto] + " (" + _settings_text(parametric, arch, short=True) + ")"
     others = [c for c in varying if not c.startswith("model.")]
     if others:
         labels = labels + " [" + _settings_text(frame, others, short=False) + "]"
@@ -120,7 +142,18 @@ def load_references(folder: Path = REFERENCES) -> dict[str, list[dict]]:
     return references
 
 
-def _reference_value(entries: list[dict], row) -> float | None:
+def is_smoke(frame: pd.DataFrame) -> bool:
+    """Some run comes from a `--smoke` sweep: its numbers measure nothing and never sit beside a reference."""
+    return bool(frame.get("sweep", pd.Series(dtype=str)).astype(str).str.endswith(SMOKE_SUFFIX).any())
+
+
+def smoke_text(frame: pd.DataFrame) -> str:
+    sweeps = ", ".join(s for s in dict.fromkeys(frame["sweep"]) if s.endswith(SMOKE_SUFFIX))
+    return (f"SMOKE: sweep {sweeps} (harness run --smoke: generated data, tiny crops, a few iterations): the "
+            f"numbers only show that every cell runs, they measure nothing; no reference number is shown.")
+
+
+def reference_entry(entries: list[dict], row) -> dict | None:
     """The first entry of the row's dataset, backbone and head (and its decoder and M where the entry gives
     them); None where there is none."""
     for entry in entries:
@@ -131,8 +164,13 @@ def _reference_value(entries: list[dict], row) -> float | None:
             continue
         if row["head"] == "nonparametric" and entry.get("num_prototypes") not in (None, row["prototypes"]):
             continue
-        return entry.get("mIoU")
+        return entry
     return None
+
+
+def _reference_value(entries: list[dict], row) -> float | None:
+    entry = reference_entry(entries, row)
+    return None if entry is None else entry.get("mIoU")
 
 
 def sorted_runs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -143,21 +181,25 @@ def sorted_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def aggregate(frame: pd.DataFrame, references: dict[str, list[dict]] | None = None) -> pd.DataFrame:
-    """Long table: one row per (backbone, decoder, method, dataset) with mean/std over seeds."""
+    """Long table: one row per (backbone, decoder, method, dataset) with mean/std over seeds; no reference
+    column for a smoke sweep."""
     frame = sorted_runs(frame)
     frame["method"] = method_labels(frame)
     keys = ["model.backbone", "model.decoder", "method", "data.dataset"]
     grouped = frame.groupby(keys, sort=False)
     out = grouped.agg(mIoU_mean=("mIoU", "mean"), mIoU_std=("mIoU", "std"), seeds=("mIoU", "size"),
-                      params_learnable=("params_learnable", "first"), macs=("macs", "first"),
+                      params_learnable=("params_learnable", "first"),
+                      params_learnable_with_aux=("params_learnable_with_aux", "first"), macs=("macs", "first"),
+                      num_classes=("num_classes", "first"), aux_head=("model.aux_head", "first"),
                       head=("model.head", "first"), prototypes=("model.num_prototypes", "first"),
                       **{c: (c, "mean") for c in extra_columns(frame)}).reset_index()
     out["mIoU_std"] = out["mIoU_std"].fillna(0.0)
     same = ["model.backbone", "model.decoder", "data.dataset"]  # the parametric row a method is compared with
     base = out[out["head"] == "parametric"].set_index(same)["mIoU_mean"]
+    base = base[~base.index.duplicated(keep=False)]  # several parametric rows: which is the baseline is unsaid
     parametric = pd.Series([base.get(key, np.nan) for key in zip(*(out[c] for c in same))], index=out.index)
     out["gain"] = (out["mIoU_mean"] - parametric).where(out["head"] != "parametric")
-    references = load_references() if references is None else references
+    references = {} if is_smoke(frame) else load_references() if references is None else references
     for column, entries in references.items():
         out[REFERENCE + column] = [_reference_value(entries, row) for _, row in out.iterrows()]
     return out
@@ -219,7 +261,7 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
             column = f"{dataset} mIoU"
             table[column] = [f"\\textbf{{{text}}}" if v == best else text for text, v in zip(table[column], values)]
         for column in ("Backbone", "Method"):
-            table[column] = table[column].map(_latex_text)
+            table[column] = table[column].map(latex_text)
     return table
 
 
@@ -228,8 +270,8 @@ def render(agg: pd.DataFrame, fmt: str, caption: str = "") -> str:
         return agg.to_csv(index=False)
     if fmt == "latex":
         table = paper_table(agg, latex=True)
-        table.columns = [_latex_text(c) for c in table.columns]
-        return table.to_latex(index=False, escape=False, caption=_latex_text(caption) or None)
+        table.columns = [latex_text(c) for c in table.columns]
+        return table.to_latex(index=False, escape=False, caption=latex_text(caption) or None)
     from tabulate import tabulate
 
     table = paper_table(agg)
@@ -237,11 +279,15 @@ def render(agg: pd.DataFrame, fmt: str, caption: str = "") -> str:
     return text + (f"\n\n{caption}" if caption else "")
 
 
-def _latex_text(text: str) -> str:
-    for plain, escaped in (("\\", r"\textbackslash{}"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
-                           ("&", r"\&"), ("±", r"$\pm$"), ("\"", "''")):
-        text = text.replace(plain, escaped)
-    return text
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "%": r"\%", "#": r"\#", "_": r"\_", "&": r"\&", "$": r"\$",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+                 "\"": "''"}
+LATEX_SPECIAL = re.compile("|".join(map(re.escape, LATEX_ESCAPES)))
+
+
+def latex_text(text: str) -> str:
+    """Plain text as LaTeX source, in one pass (an escape's own braces are not escaped again)."""
+    return LATEX_SPECIAL.sub(lambda match: LATEX_ESCAPES[match.group()], text)
 
 
 def protocol_text(row) -> str:
@@ -258,7 +304,7 @@ def protocol_text(row) -> str:
     return ", ".join(parts)
 
 
-def _protocols(frame: pd.DataFrame) -> str:
+def protocols(frame: pd.DataFrame) -> str:
     """'ade20k: whole image, resized into 2048x512; cityscapes: slide ... (hrnet_w48: whole image)'."""
     texts = []
     for dataset, group in frame.groupby("data.dataset", sort=False):
@@ -273,19 +319,19 @@ def caption(frame: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
     sizes = sorted({f"{dataset} " * (frame["data.dataset"].nunique() > 1) + "x".join(map(str, size))
                     for dataset, size in zip(frame["data.dataset"], frame["eval.complexity_size"])})
     iters = sorted(set(frame.get("train.iterations", pd.Series(dtype=int)).dropna()))
-    parts = [f"mIoU (%) on the val split, mean ± std over seeds where there are several; "
-             f"gain = ProtoSeg minus the parametric head on the same backbone; "
-             f"GMACs = multiply-accumulates (the papers' \"GFLOPs\") at input {', '.join(sizes)}; "
-             f"#Params = learnable parameters."]
+    parts = [smoke_text(frame)] if is_smoke(frame) else []
+    parts.append(f"mIoU (%) on the val split, mean ± std over seeds where there are several; "
+                 f"gain = ProtoSeg minus the parametric head on the same backbone; "
+                 f"GMACs = multiply-accumulates (the papers' \"GFLOPs\") at input {', '.join(sizes)}; "
+                 f"#Params = learnable parameters.")
     shown = sorted({c.removeprefix(REFERENCE) for d in set(frame["data.dataset"]) for c in
                     (reference_columns(agg, d) if agg is not None else [])})
     if shown:
-        parts.append(f"Reference columns ({', '.join(shown)}): the numbers in results/paper/ (paper = the "
-                     f"official ProtoSeg release, mmseg = the MMSegmentation model zoo); {UNKNOWN} where it has "
-                     f"none for that row.")
+        sources = "; ".join(f"{c} = {REFERENCE_SOURCES.get(c, f'results/paper/ column {c}')}" for c in shown)
+        parts.append(f"Reference columns: {sources}; {UNKNOWN} where it has none for that row.")
     if iters:
         parts.append(f"Iterations: {', '.join(map(str, iters))}.")
-    parts.append(f"Protocol: {_protocols(frame)}.")
+    parts.append(f"Protocol: {protocols(frame)}.")
     extra = extra_columns(frame)
     if any(c in ("prototype_diversity", "prototypes_used") for c in extra):
         parts.append("diversity = mean cosine similarity between a class's prototypes (1 = collapsed); "

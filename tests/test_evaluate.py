@@ -112,12 +112,18 @@ def test_reference_columns_appear_where_a_reference_exists_and_say_when_one_is_m
     frame["data.dataset"] = "cityscapes"
     agg = report.aggregate(frame)
     table = report.paper_table(agg)
-    assert {"cityscapes paper", "cityscapes mmseg"} <= set(table.columns)
+    assert {"cityscapes paper", "cityscapes code", "cityscapes mmseg"} <= set(table.columns)
+    assert set(frame["model.decoder"]) == {"hrnet"}  # the fixture's runs: matched by decoder too
     parametric = table[table["Method"] == "parametric"].iloc[0]
-    assert parametric["cityscapes paper"] == "79.0" and parametric["cityscapes mmseg"] == "79.9"
-    protoseg = table[table["Method"] != "parametric"]
-    assert set(protoseg["cityscapes mmseg"]) == {report.UNKNOWN}  # mmseg has no ProtoSeg row
-    assert "mmseg = the MMSegmentation model zoo" in report.caption(frame, agg)
+    assert (parametric["cityscapes paper"], parametric["cityscapes code"], parametric["cityscapes mmseg"]) == (
+        "80.4", "79.0", "79.9")  # the paper's Table 2, the official code's README, the mmseg model zoo
+    protoseg = table[table["Method"] != "parametric"]  # M = 1 and 2: the references have M = 10 only
+    for column in ("cityscapes paper", "cityscapes code", "cityscapes mmseg"):
+        assert set(protoseg[column]) == {report.UNKNOWN}
+    caption = report.caption(frame, agg)
+    assert "paper = the paper's Tables 1-2 (Zhou et al., CVPR 2022), read second hand from screenshots" in caption
+    assert "code = the official ProtoSeg code release's README" in caption
+    assert "mmseg = the MMSegmentation model zoo" in caption
     own = report.aggregate(frame, references={"mine": [{"dataset": "cityscapes", "backbone": "hrnet_w48",
                                                         "head": "parametric", "decoder": "fcn", "mIoU": 1.0}]})
     assert "cityscapes mine" not in report.paper_table(own).columns  # another decoder: no match, no column

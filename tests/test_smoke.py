@@ -78,7 +78,12 @@ def test_table2_smoke_completes_every_cell(tmp_path):
     assert report.returncode == 0, report.stderr
     for backbone in ("resnet101c", "hrnet_w48", "swin_base", "mit_b4"):
         assert backbone in report.stdout
+    assert "SMOKE" in report.stdout and "n/a" not in report.stdout  # no reference beside smoke numbers
     assert len(list(Store(results, "table2-smoke").run_ids())) == 24
+    sizes = proc.stdout[proc.stdout.index("#Param (M), learnable"):].splitlines()
+    assert len(sizes) == 1 + 8  # a line per model: 4 families x 2 heads, each at K = 150
+    marked = [line.split()[0] for line in sizes if "more than 1% off" in line]
+    assert marked == ["hrnet_w48"]  # the official 3x3 head (README: the paper's is the 1x1 one)
 
 
 def test_ablations_file_plans_the_official_cell_and_one_cell_per_changed_value():
