@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .io import refuse_link
+
 EVAL_SCALARS = ("mIoU", "mAcc", "aAcc", "prototype_diversity", "prototypes_used")
 
 
@@ -14,6 +16,8 @@ class Board:
     def __init__(self, folder: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        for folder_or_parent in (folder.parent, folder):  # e.g. results/<sweep>/.tensorboard/<run>
+            refuse_link(folder_or_parent, "TensorBoard folder")
         self.writer = SummaryWriter(str(folder), purge_step=purge_step)
 
     def train(self, step: int, loss: float, parts: dict, lr: float, img_s: float | None) -> None:

@@ -2,6 +2,7 @@
 a corrupt or unsafe newest one skipped for the one before it."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_torch_save
+from .io import atomic_torch_save, refuse_link
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^iter_(\d{8})\.pt$")
@@ -45,14 +46,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, iteration: int, state: dict, keep: int) -> Path:
+def save(run_dir: Path, iteration: int, state: dict, keep: int, guard=None) -> Path:
+    """Write checkpoint `iteration` and remove all but the newest `keep`; each change to the folder
+    happens inside `guard()` (io.atomic_write_bytes)."""
     path = Path(run_dir) / "checkpoints" / f"iter_{iteration:08d}.pt"
-    for partial in path.parent.glob(".iter_*.tmp"):  # left by a process killed mid-save
-        partial.unlink(missing_ok=True)
-    atomic_torch_save(path, {**state, "iteration": iteration, "rng": rng_state()})
+    refuse_link(path.parent, "checkpoints folder")
+    with guard() if guard else contextlib.nullcontext():
+        for partial in path.parent.glob(".iter_*.tmp"):  # left by a process killed mid-save
+            partial.unlink(missing_ok=True)
+    atomic_torch_save(path, {**state, "iteration": iteration, "rng": rng_state()}, guard)
     # one numbered past this is a file that did not load (corrupt, or planted): it never displaces ours
-    for old in [old for it, old in _checkpoints(run_dir) if it <= iteration][max(keep, 1):]:
-        old.unlink(missing_ok=True)
+    with guard() if guard else contextlib.nullcontext():
+        for old in [old for it, old in _checkpoints(run_dir) if it <= iteration][max(keep, 1):]:
+            old.unlink(missing_ok=True)
     return path
 
 

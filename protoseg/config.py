@@ -141,8 +141,17 @@ _FREE = {"model.pretrained", "model.decoder_channels", "model.embed_dim", "model
 
 
 
-def _count(minimum: int = 1) -> tuple[Callable, str]:
-    return (lambda v: v >= minimum), f"an integer >= {minimum}"
+def _count(minimum: int = 1, maximum: int | None = None, why: str = "") -> tuple[Callable, str]:
+    if maximum is None:
+        return (lambda v: v >= minimum), f"an integer >= {minimum}"
+    return (lambda v: minimum <= v <= maximum), f"an integer in [{minimum}, {maximum:,}]{why}"
+
+
+SEED = _count(0, 2**32 - 1, " (numpy's seed range)")
+SIDE = 8192  # pixels: a crop, an image or a stride longer than this is a typo, not a model
+_SIDES = ((lambda v: all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= SIDE for x in v)),
+          f"[h, w] of integers in [1, {SIDE}]")
+WIDTH = _count(1, 8192, " (channels)")
 
 
 def _positive(v) -> bool:
@@ -152,8 +161,6 @@ def _positive(v) -> bool:
 _POSITIVE = (_positive, "a finite number > 0")
 _FRACTION = ((lambda v: 0 <= v <= 1), "a number in [0, 1]")
 _NON_NEGATIVE = ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0")
-_SIZE = ((lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)),
-         "[h, w] of positive integers")
 
 
 def _device(v) -> bool:
@@ -164,7 +171,7 @@ def _device(v) -> bool:
 # Ranges beyond the type; None is allowed wherever the default is None.
 RULES: dict[str, tuple[Callable, str]] = {
     "model.output_stride": ((lambda v: v in (8, 16, 32)), "8, 16 or 32"),
-    "model.decoder_channels": _count(),
+    "model.decoder_channels": WIDTH,
     "model.decoder_kernel": ((lambda v: type(v) is int and v in (1, 3)), "null, 1 or 3"),
     "model.dropout": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "model.aux_weight": _NON_NEGATIVE,
@@ -174,33 +181,36 @@ RULES: dict[str, tuple[Callable, str]] = {
     "train.warmup_ratio": ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
     "train.min_lr": _NON_NEGATIVE,
     "model.drop_path": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "model.embed_dim": _count(),
-    "model.num_prototypes": _count(),
+    "model.embed_dim": WIDTH,
+    "model.num_prototypes": _count(1, 1000, ": every pixel is scored against classes x M prototypes, and the "
+                                            "paper uses up to 20"),
     "model.gamma": _FRACTION,
     "model.sinkhorn_epsilon": _POSITIVE,
-    "model.sinkhorn_iterations": _count(),
+    "model.sinkhorn_iterations": _count(1, 1000),
     "model.ppc_weight": _NON_NEGATIVE,
     "model.ppd_weight": _NON_NEGATIVE,
     "model.ppc_temperature": _POSITIVE,
     "model.class_weights": ((lambda v: isinstance(v, list) and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v)),
         "null or a list of K finite numbers >= 0"),
-    "data.crop_size": _SIZE,
+    "data.crop_size": _SIDES,
     "data.ratio_range": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
                           and 0 < v[0] <= v[1]), "[low, high] with 0 < low <= high"),
     "data.mean": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
                                  for x in v)), "[r, g, b] of finite numbers (0..255 scale)"),
     "data.std": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and _positive(x)
                                 for x in v)), "[r, g, b] of finite numbers > 0 (0..255 scale)"),
-    "data.batch_size": _count(),
-    "data.val_batch_size": _count(),
-    "data.num_workers": _count(0),
-    "data.synthetic.num_classes": _count(2),
-    "data.synthetic.modes_per_class": _count(),
-    "data.synthetic.image_size": _SIZE,
-    "data.synthetic.num_train": _count(),
-    "data.synthetic.num_val": _count(),
-    "train.iterations": _count(),
+    "data.batch_size": _count(1, 4096),
+    "data.val_batch_size": _count(1, 4096),
+    "data.num_workers": _count(0, 1024),
+    "data.synthetic.num_classes": _count(2, 255, " (labels are 8-bit, 255 is ignore)"),
+    "data.synthetic.modes_per_class": _count(1, 1000),
+    "data.synthetic.image_size": _SIDES,
+    "data.synthetic.num_train": _count(1, 10**6),
+    "data.synthetic.num_val": _count(1, 10**6),
+    "data.synthetic.seed": SEED,
+    "train.seed": SEED,
+    "train.iterations": _count(1, 10**9),
     "train.lr": _POSITIVE,
     "train.momentum": ((lambda v: 0 <= v < 1), "a number in [0, 1)"),
     "train.weight_decay": _NON_NEGATIVE,
@@ -212,13 +222,13 @@ RULES: dict[str, tuple[Callable, str]] = {
     "train.eval_interval": _count(0),
     "train.checkpoint_interval": _count(),
     "train.keep_checkpoints": _count(),
-    "eval.resize": ((lambda v: isinstance(v, list) and len(v) == 2 and _SIZE[0](v)),
-                    "null or [long, short] of positive integers"),
-    "eval.crop_size": _SIZE,
-    "eval.stride": _SIZE,
+    "eval.resize": ((lambda v: isinstance(v, list) and len(v) == 2 and _SIDES[0](v)),
+                    f"null or [long, short] of integers in [1, {SIDE}]"),
+    "eval.crop_size": _SIDES,
+    "eval.stride": _SIDES,
     "eval.scales": ((lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and _positive(x)
                                    for x in v)), "a non-empty list of numbers > 0"),
-    "eval.complexity_size": _SIZE,
+    "eval.complexity_size": _SIDES,
     "eval.fps_images": _count(0),
     "eval.fps_warmup": _count(0),
     "eval.fps_max_s": _POSITIVE,

@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ from .board import Board
 from .data import build_dataset
 from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_yaml, read_yaml
+from .io import (LostClaim, atomic_write_bytes, atomic_write_json, atomic_write_yaml, open_append, read_yaml,
+                 refuse_link)
 from .losses import total_loss
 from .models import build_model
 from .optim import build_optimizer, build_scheduler
@@ -128,15 +129,36 @@ def _configure_torch(train_cfg: dict) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _attach_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
+class _RunLog(logging.FileHandler):
+    """train.log: never through a symbolic link, and each line written inside the run's `guard` (a
+    line the guard refuses, once another process took the run over, is dropped)."""
+
+    def __init__(self, path: Path, guard):
+        self.guard = guard
+        super().__init__(path, delay=False)
+
+    def _open(self):
+        return open_append(self.baseFilename)
+
+    def emit(self, record):
+        if self.guard is None:
+            return super().emit(record)
+        try:
+            with self.guard():
+                super().emit(record)
+        except LostClaim:
+            pass
+
+
+def _attach_log(run_dir: Path, guard) -> logging.Handler:
+    handler = _RunLog(run_dir / "train.log", guard)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     return handler
 
 
-def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, count: int = 4) -> None:
+def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, guard, count: int = 4) -> None:
     """A few validation images with label and prediction, for the report's figures; spread over the split,
     since neighbouring frames of a video dataset look alike."""
     images, labels, preds = [], [], []
@@ -149,11 +171,11 @@ def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, count: 
         preds.append(logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=np.stack(images), labels=np.stack(labels), preds=np.stack(preds))
-    atomic_write_bytes(run_dir / "predictions.npz", buffer.getvalue())
+    atomic_write_bytes(run_dir / "predictions.npz", buffer.getvalue(), guard)
 
 
 def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
-        board_dir: str | Path | None = None) -> dict:
+        board_dir: str | Path | None = None, guard: Callable[[], ContextManager] | None = None) -> dict:
     """Train, evaluate and write `run_dir/metrics.json`; return the metrics. TensorBoard event files go
     to `board_dir` (default `run_dir/tensorboard`).
 
@@ -161,6 +183,9 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
     written and `Interrupted` is raised (preemption, SIGTERM, a Tune stop).
     Started as one of WORLD_SIZE > 1 processes (torchrun, or SLURM through
     submitit), it trains with DistributedDataParallel and rank 0 alone writes.
+    `guard`: a context manager each write to `run_dir` happens in (io.atomic_write_bytes); it raises
+    io.LostClaim, out of this function, once the writer no longer owns the run (the harness's fencing).
+    The run folder and its checkpoints folder must not be symbolic links (io.LinkRefused).
     """
     spec = config.resolve(spec)
     run_dir = Path(run_dir)
@@ -169,11 +194,13 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
     try:
         _check_world(spec, world)
         if rank == 0:
+            refuse_link(run_dir, "run folder")
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_yaml(run_dir / "spec.yaml", spec)
-            handler = _attach_log(run_dir)
+            refuse_link(run_dir / "checkpoints", "checkpoints folder")
+            atomic_write_yaml(run_dir / "spec.yaml", spec, guard)
+            handler = _attach_log(run_dir, guard)
         return _train(spec, run_dir, stop or (lambda: False), rank, world,
-                      Path(board_dir) if board_dir else run_dir / "tensorboard")
+                      Path(board_dir) if board_dir else run_dir / "tensorboard", guard)
     except Exception as err:
         if isinstance(err, Interrupted):
             log.info("%s", err)
@@ -219,7 +246,8 @@ def _resume(run_dir: Path, stateful: dict, rank: int, world: int, seed: int) -> 
     return state["iteration"], state["history"], state["evals"], state["train_time"]
 
 
-def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int, board_dir: Path) -> dict:
+def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int, board_dir: Path,
+           guard) -> dict:
     mcfg, dcfg, tcfg = spec["model"], spec["data"], spec["train"]
     main = rank == 0
     device = pick_device(tcfg["device"])
@@ -252,7 +280,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
             checkpoint.save(run_dir, it, {
                 **{key: obj.state_dict() for key, obj in stateful.items()},
                 "history": history, "evals": evals, "train_time": train_time, "threads": threads, **rngs},
-                tcfg["keep_checkpoints"])
+                tcfg["keep_checkpoints"], guard)
         distributed.barrier()  # no rank goes on, or leaves on Interrupted, before the checkpoint is on disk
 
     def run_eval() -> dict:
@@ -309,7 +337,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
                 atomic_write_json(run_dir / "progress.json", {
                     "iteration": done, "iterations": iterations, "loss": value,
                     "it_per_s": bar.format_dict.get("rate"),
-                    "time": time.time()})
+                    "time": time.time()}, guard)
         if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done < iterations:
             result = run_eval()
             evals.append(_eval_record(done, result))
@@ -357,8 +385,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         "world_size": world,
     }
     if main:
-        _save_predictions(model, val_set, spec, device, run_dir)
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        _save_predictions(model, val_set, spec, device, run_dir, guard)
+        atomic_write_json(run_dir / "metrics.json", metrics, guard)
         log.info("done: mIoU %s%s", metrics["mIoU"], diagnostics.describe(result))
     distributed.barrier()  # on every rank, returning means metrics.json is on disk
     return metrics

@@ -21,7 +21,7 @@ from . import checkpoint, config
 from .data import build_dataset
 from .engine import pick_device
 from .inference import evaluate
-from .io import atomic_write_json
+from .io import atomic_write_json, refuse_link
 from .models import build_model
 from .registry import NEEDS_ROOT
 
@@ -57,6 +57,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, overrides: dict 
                "class_names": list(dataset.class_names), "eval_time_s": time.perf_counter() - start,
                "device": str(device)}
     path = run_dir / file_name(split, spec["eval"], spec["data"]["root"], finished["spec"]["data"]["root"])
+    refuse_link(run_dir, "run folder")
     atomic_write_json(path, metrics)
     return path, metrics
 
