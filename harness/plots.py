@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from protoseg.io import atomic_write_bytes  # noqa: E402
 
-from .store import Store, read_metrics  # noqa: E402
+from .store import Store, read_json  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -35,7 +35,7 @@ def _run_dir(row, results: Path) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _read(path: Path) -> dict:
-    return read_metrics(path)
+    return read_json(path)
 
 
 def _metrics(row, results: Path) -> dict:

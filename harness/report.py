@@ -20,7 +20,7 @@ from protoseg.io import load_yaml
 
 from .identity import PROTOTYPE_ONLY
 from .smoke import SUFFIX as SMOKE_SUFFIX
-from .store import read_metrics
+from .store import inspect_json
 
 REFERENCES = Path(__file__).resolve().parents[1] / "results" / "paper"
 REFERENCE = "ref "  # prefix of the aggregate's reference columns
@@ -60,9 +60,9 @@ def load_runs(sweep_dirs: list[Path]) -> pd.DataFrame:
             path = os.path.join(entry.path, "metrics.json")
             if entry.name.startswith(".") or not entry.is_dir() or not os.path.exists(path):
                 continue
-            metrics = read_metrics(Path(path))
+            metrics, why = inspect_json(Path(path))
             if metrics is None:
-                print(f"warning: {path} is corrupt (not a whole metrics file); left out of the table. "
+                print(f"warning: {path} is corrupt ({why}); left out of the table. "
                       f"`harness run` evaluates the run again", file=sys.stderr)
                 continue
             row = {"sweep": Path(sweep_dir).name, "run_id": entry.name,
@@ -79,9 +79,9 @@ def _eval_scores(run_dir: str) -> dict:
         name = entry.name.removesuffix(".json")
         if name == entry.name or not EVAL_NAME.fullmatch(name):
             continue
-        metrics = read_metrics(Path(entry.path))
+        metrics, why = inspect_json(Path(entry.path))
         if metrics is None:
-            print(f"warning: {entry.path} is corrupt (not a whole evaluation file); left out of the table. "
+            print(f"warning: {entry.path} is corrupt ({why}); left out of the table. "
                   f"`harness evaluate` writes it again", file=sys.stderr)
             continue
         scores[name] = metrics["mIoU"]

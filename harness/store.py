@@ -12,19 +12,24 @@ job, heartbeat or not); pid and heartbeat decide when it cannot tell.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import math
 import os
 import re
 import socket
 import time
+import uuid
 from pathlib import Path
 
-from protoseg import config
-from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml
+from protoseg import config, io
+from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml, refuse_link
 
 from . import backends
 
+SWEEP_FOLDERS = (".tensorboard", ".complexity", ".slurm", ".ray", ".replaced", ".lock")  # the harness writes there
+RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  # opened in place, not renamed over
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed", "corrupt")
 ACTIVE = ("queued", "running")
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -34,6 +39,10 @@ class StoreError(ValueError):
     """A results folder the harness cannot use; the message says why and what to do."""
 
 
+class LostClaim(io.LostClaim):
+    """This process's claim on a run was taken over (a new fencing token): it writes nothing more to it."""
+
+
 def check_sweep_name(name: str, where: str = "sweep name") -> str:
     """A sweep name stays inside the results folder: letters, digits, '-' and '_'."""
     if not isinstance(name, str) or not SWEEP_NAME.match(name):
@@ -41,29 +50,104 @@ def check_sweep_name(name: str, where: str = "sweep name") -> str:
     return name
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON object file's content, or None when it is missing, half-written or garbled."""
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _records(v) -> bool:  # metrics' history and evals: [{iteration: N, ...}, ...]
+    return isinstance(v, list) and all(isinstance(r, dict) and _integer(r.get("iteration")) for r in v)
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+_TIME = (_optional(_number), "a number or null")
+_TEXT = (_optional(lambda v: isinstance(v, str)), "text or null")
+# What the harness reads from each JSON file it writes: {field: (check, what is valid)}; a field in
+# REQUIRED must be there. A file that parses but breaks these is corrupt, as a truncated one is.
+SCHEMAS = {
+    "metrics": {"mIoU": (lambda v: _number(v) and math.isfinite(v), "a finite number"),
+                "spec": (lambda v: isinstance(v, dict), "a mapping"),
+                "history": (_records, "a list of {iteration: N, ...}"),
+                "evals": (_records, "a list of {iteration: N, ...}"),
+                "num_classes": (_integer, "an integer"),
+                "class_names": (lambda v: isinstance(v, list), "a list"),
+                **{key: (_optional(_number), "a number or null") for key in (
+                    "mAcc", "aAcc", "params_learnable", "params_learnable_with_aux", "params_total", "macs",
+                    "flops", "train_time_s", "prototype_diversity", "prototypes_used", "inference_fps",
+                    "train_img_s")}},
+    "status": {"state": (lambda v: v in STATES, f"one of {', '.join(STATES)}"),
+               "attempts": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+               "settings": (lambda v: isinstance(v, dict), "a mapping of axis values"),
+               "mIoU": (_optional(_number), "a number or null"),
+               "error": _TEXT, "log": _TEXT, "run_id": _TEXT,
+               **{key: _TIME for key in ("created", "updated", "started", "finished", "requeued")}},
+    "progress": {"iteration": (_integer, "an integer"), "iterations": (_integer, "an integer"),
+                 "loss": (_number, "a number")},
+    "sweep": {"spec_version": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+              "invocations": (lambda v: isinstance(v, list), "a list"),
+              "run_ids": (lambda v: isinstance(v, list), "a list")},
+    "claim": {"host": _TEXT, "backend": _TEXT, "token": _TEXT,
+              "pid": (_optional(lambda v: _integer(v) and v > 0), "a process id or null"),
+              "started": (_optional(_integer), "an integer or null")},
+}
+REQUIRED = {"metrics": ("mIoU",), "progress": ("iteration", "iterations", "loss")}
+
+
+def _schema(path: Path) -> str | None:
+    name = path.name
+    if name == "metrics.json" or (name.startswith("eval-") and name.endswith(".json")):
+        return "metrics"
+    return name.removesuffix(".json") if name.removesuffix(".json") in SCHEMAS else None
+
+
+def inspect_json(path: Path) -> tuple[dict | None, str | None]:
+    """(content, None) for a JSON object file that holds what its schema says; (None, why not)
+    for one that does not (garbled, half-written, a folder, wrong types); (None, None) when missing."""
     try:
         value = json.loads(path.read_bytes())
-    except (FileNotFoundError, ValueError):  # JSONDecodeError, UnicodeDecodeError
-        return None
-    return value if isinstance(value, dict) else None
+    except FileNotFoundError:
+        return None, None
+    except IsADirectoryError:
+        return None, "a folder, not a file"
+    except OSError as err:
+        return None, f"unreadable ({err.strerror})"
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        return None, f"not whole JSON ({str(err).splitlines()[0][:80]})"
+    if not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__}, not an object"
+    schema = _schema(path)
+    for key, (check, valid) in SCHEMAS.get(schema, {}).items():
+        if key not in value:
+            if key in REQUIRED.get(schema, ()):
+                return None, f"no '{key}'"
+        elif not check(value[key]):
+            return None, f"'{key}' is {value[key]!r:.40}, not {valid}"
+    return value, None
 
 
-def read_metrics(path: Path) -> dict | None:
-    """A metrics file (metrics.json, eval-*.json) that reads whole, with its mIoU; else None."""
-    metrics = read_json(path)
-    return metrics if metrics is not None and "mIoU" in metrics else None
+def read_json(path: Path) -> dict | None:
+    """A JSON object file's content, or None when it is missing or not what it should be (inspect_json)."""
+    return inspect_json(path)[0]
 
 
 def check_locking(folder: Path) -> None:
-    """The harness's claims need flock; some NFS and Lustre mounts do not give it."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """The harness writes into `folder` and its claims need flock; some NFS and Lustre mounts do not give it."""
     path = folder / ".lock"
     try:
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open_lock(path)
+    except OSError as err:
+        raise StoreError(f"{err.filename or path}: cannot write here ({err.strerror}); the harness keeps its "
+                         f"state in the results folder: choose one you can write (--results)") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_UN)
     except BlockingIOError:
         return  # held by another harness right now: locking works
     except OSError as err:
@@ -71,26 +155,58 @@ def check_locking(folder: Path) -> None:
                          f"two harnesses could run the same run twice. Use a --results folder on a local disk "
                          f"or a filesystem with flock (NFS: a running lockd, no 'nolock'; Lustre: mount "
                          f"-o flock)") from None
+    finally:
+        os.close(handle)
 
 
-def pid_alive(pid: int) -> bool:
-    """True for a running process; a zombie (dead, not yet reaped) is not alive."""
+def open_lock(path: Path) -> int:
+    """A lock file's descriptor (created if missing); a symbolic link there is refused, never followed."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symbolic link; the harness writes nothing through links in a results "
+                             f"folder: remove it") from None
+        raise
+
+
+def _process_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state first), or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot): with the pid it names one process, as a pid
+    alone does not once the pid is reused."""
+    fields = _process_stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """True for a running or stopped process (a zombie is dead); with `started`, only the process
+    that started then (not a later one given the same pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    fields = _process_stat(pid)
+    if fields is None:
         return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return fields[0] != "Z" and (started is None or len(fields) <= 19 or int(fields[19]) == started)
 
 
 def owner(**extra) -> dict:
-    """Who is claiming: this host and process, plus backend details."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **extra}
+    """Who is claiming: this host and process, plus backend details, and a new fencing token: a claim
+    taken over gets a new one, so a former owner knows it lost the run (Store.fence)."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": process_start(pid), "time": time.time(),
+            "token": uuid.uuid4().hex, **extra}
 
 
 class Store:
@@ -103,6 +219,19 @@ class Store:
     def run_dir(self, run_id: str) -> Path:
         return self.dir / run_id
 
+    def links(self, run_ids: list[str]) -> list[Path]:
+        """The symbolic links where the harness would write for these runs: the sweep folder, its
+        working folders, the run folders and what is opened in them in place. Anyone in a group can
+        plant one in a shared results folder, so a link there is refused, never followed (the results
+        root itself may be a link: the user names it)."""
+        places = [self.dir, *(self.dir / name for name in SWEEP_FOLDERS)]
+        board = self.dir / ".tensorboard"
+        if board.is_dir() and not board.is_symlink():
+            places += list(board.iterdir())
+        for rid in run_ids:
+            places += [self.run_dir(rid), *(self.run_dir(rid) / name for name in RUN_PATHS)]
+        return [path for path in places if path.is_symlink()]
+
     def run_ids(self) -> list[str]:
         if not self.dir.is_dir():
             return []
@@ -110,10 +239,15 @@ class Store:
 
     def spec_version(self) -> int | None:
         """The spec version this sweep was first planned at (1 before versions were recorded); None if new."""
-        info = read_json(self.dir / "sweep.json")
+        path = self.dir / "sweep.json"
+        info, why = inspect_json(path)
+        if why:
+            raise StoreError(f"{path} is corrupt ({why}); it records the spec version the sweep was planned "
+                             f"at: restore it from a backup, or delete it if the sweep was planned with "
+                             f"spec version {config.SPEC_VERSION} (this code's)")
         if info is None:
             return 1 if self.run_ids() else None
-        return int(info.get("spec_version", 1))
+        return info.get("spec_version", 1)
 
     def record_sweep(self, source: str, commit: str | None, executor: dict, run_ids: list[str],
                      spec_version: int = config.SPEC_VERSION) -> None:
@@ -132,6 +266,7 @@ class Store:
         """Before an attempt: spec.yaml from the current experiment (its resource fields, e.g.
         train.device, may have changed; the rest is what the run id says), a pending status once."""
         folder = self.run_dir(run_id)
+        refuse_link(folder, "run folder")
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(folder / "spec.yaml", spec)
         if not (folder / "status.json").exists():
@@ -139,14 +274,13 @@ class Store:
                 "run_id": run_id, "state": "pending", "attempts": 0, "settings": settings,
                 "created": time.time()})
 
-    def corrupt_files(self, run_id: str) -> list[str]:
-        """The run's metrics.json / status.json that exist but do not read as what they should be."""
-        bad = []
+    def corrupt_files(self, run_id: str) -> dict[str, str]:
+        """{name: why} for the run's metrics.json / status.json that exist but do not read as they should."""
+        bad = {}
         for name in ("metrics.json", "status.json"):
-            path = self.run_dir(run_id) / name
-            content = read_metrics(path) if name == "metrics.json" else read_json(path)
-            if content is None and path.exists():
-                bad.append(name)
+            why = inspect_json(self.run_dir(run_id) / name)[1]
+            if why:
+                bad[name] = why
         return bad
 
     def set_aside_corrupt(self, run_id: str) -> list[Path]:
@@ -163,9 +297,10 @@ class Store:
     def status(self, run_id: str) -> dict:
         return read_json(self.run_dir(run_id) / "status.json") or {"run_id": run_id, "state": "pending"}
 
-    def update(self, run_id: str, **fields) -> dict:
-        """Read-modify-write status.json (atomic replace)."""
-        with self._lock(run_id):
+    def update(self, run_id: str, token: str | None = None, /, **fields) -> dict:
+        """Read-modify-write status.json (atomic replace); with `token`, only while the claim is that
+        token's (else LostClaim, nothing written)."""
+        with self.fence(run_id, token):
             return self._merge_status(run_id, fields)
 
     def _merge_status(self, run_id: str, fields: dict) -> dict:
@@ -175,7 +310,7 @@ class Store:
 
     def is_done(self, run_id: str) -> bool:
         """Done means a metrics.json that reads, with its mIoU."""
-        return read_metrics(self.run_dir(run_id) / "metrics.json") is not None
+        return read_json(self.run_dir(run_id) / "metrics.json") is not None
 
     def state(self, run_id: str, stale_after: float = 120, status: dict | None = None) -> str:
         """done / queued / running / failed / cancelled / crashed / corrupt / pending, from the files on disk."""
@@ -197,14 +332,14 @@ class Store:
     def has_checkpoint(self, run_id: str) -> bool:
         return any((self.run_dir(run_id) / "checkpoints").glob("iter_*.pt"))
 
-    def record_cancelled(self, run_id: str) -> None:
+    def record_cancelled(self, run_id: str, token: str | None = None) -> None:
         """`harness cancel` stopped the run (its checkpoint stays); the claim is let go."""
-        self.update(run_id, state="cancelled", error="cancelled by `harness cancel`", finished=time.time())
-        self.release(run_id)
+        self.update(run_id, token, state="cancelled", error="cancelled by `harness cancel`", finished=time.time())
+        self.release(run_id, token)
 
-    def write_error(self, run_id: str, summary: str, trace: str) -> None:
-        atomic_write_text(self.run_dir(run_id) / "error.txt", trace)
-        self.update(run_id, state="failed", error=summary, finished=time.time())
+    def write_error(self, run_id: str, summary: str, trace: str, token: str | None = None) -> None:
+        atomic_write_text(self.run_dir(run_id) / "error.txt", trace, self.guard(run_id, token))
+        self.update(run_id, token, state="failed", error=summary, finished=time.time())
 
     # ---- claims -------------------------------------------------------
     def _claim_path(self, run_id: str) -> Path:
@@ -213,43 +348,47 @@ class Store:
     @contextlib.contextmanager
     def _lock(self, run_id: str):
         """Serialises claim and status changes of one run across processes."""
-        path = self.run_dir(run_id) / ".lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
+        folder = self.run_dir(run_id)
+        refuse_link(folder, "run folder" if run_id else "sweep folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open_lock(folder / ".lock")
+        try:
             fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
+        finally:
+            os.close(handle)  # releases the lock
 
     def claim_info(self, run_id: str) -> dict | None:
         return read_json(self._claim_path(run_id))
 
     def claim_alive(self, run_id: str, stale_after: float) -> bool:
+        """Is the claim's owner still at work? Its backend says where it can (a SLURM job in squeue). On
+        this host the owner's process decides, whatever the heartbeat: a stopped process (Ctrl-Z, SIGSTOP,
+        a suspended machine) still owns its run. Elsewhere a heartbeat older than `stale_after` means
+        gone; should that owner wake up, its fencing token no longer matches and it writes nothing."""
         path = self._claim_path(run_id)
         info = read_json(path)
         if info is None:
             return False
         asked = getattr(self, "_asked", {}).get(run_id)  # rows() asked each backend once for all its runs
         alive = asked[1] if asked and asked[0] == info else backends.alive([info])[0]
-        if alive is not None:  # the backend knows (a SLURM job in squeue); None: heartbeat and pid decide
+        if alive is not None:
             return alive
+        if info.get("host") == socket.gethostname() and info.get("pid"):
+            return pid_alive(info["pid"], info.get("started"))
         try:
-            age = time.time() - path.stat().st_mtime
+            return time.time() - path.stat().st_mtime < stale_after
         except FileNotFoundError:
             return False
-        if info.get("host") == socket.gethostname() and info.get("pid") and not pid_alive(info["pid"]):
-            return False
-        return age < stale_after
 
     def claim(self, run_id: str, who: dict, stale_after: float = 120) -> bool:
-        """Take the run for `who`; False when it is done or a live owner holds it.
-        A stale claim is taken over."""
+        """Take the run for `who` (owner(): with its fencing token); False when it is done or a live
+        owner holds it. A stale claim is taken over."""
         with self._lock(run_id):
             if self.is_done(run_id):  # finished by someone else since it was planned
                 return False
             path = self._claim_path(run_id)
-            if path.exists():
+            if path.exists() or path.is_symlink():
                 if self.claim_alive(run_id, stale_after):
                     return False
                 path.unlink()
@@ -264,34 +403,70 @@ class Store:
         recorded; if another job holds the run, nothing (this job will leave it)."""
         with self._lock(run_id):
             held = read_json(self._claim_path(run_id)) or {}
-            if held.get("pid") == submitter["pid"] and held.get("host") == submitter["host"]:
-                atomic_write_text(self._claim_path(run_id), json.dumps(job))
+            if held.get("token") == submitter["token"]:
+                atomic_write_text(self._claim_path(run_id), json.dumps({**job, "token": submitter["token"]}))
                 self._merge_status(run_id, {**fields, "state": "queued"})
             elif held.get("job_id") == job["job_id"]:
                 self._merge_status(run_id, fields)
 
     def take_for_job(self, run_id: str, who: dict, stale_after: float = 120) -> bool:
-        """A starting SLURM job takes its run, unless the run is done or another live job holds it."""
+        """A starting SLURM job takes its run (with `who`'s new token), unless the run is done or another
+        live owner holds it: another job, or a process that is not the submitter that queued this job."""
         with self._lock(run_id):
             if self.is_done(run_id):
                 return False
             held = read_json(self._claim_path(run_id)) or {}
-            if held.get("job_id") not in (None, who["job_id"]) and self.claim_alive(run_id, stale_after):
+            ours = held.get("job_id") == who["job_id"] or (held.get("job_id") is None and held.get("backend") == "slurm")
+            if held and not ours and self.claim_alive(run_id, stale_after):
                 return False
             atomic_write_text(self._claim_path(run_id), json.dumps(who))
             return True
 
-    def retake(self, run_id: str, who: dict) -> None:
-        """The claim's owner hands it to another process (e.g. the worker it started)."""
-        atomic_write_text(self._claim_path(run_id), json.dumps(who))
-
-    def heartbeat(self, run_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self._claim_path(run_id))
-
-    def release(self, run_id: str) -> None:
+    def retake(self, run_id: str, who: dict, token: str) -> None:
+        """The claim's owner hands it, with its token, to another process (e.g. the worker it started,
+        or a retried Ray trial after the first try let it go); LostClaim when another owner's token
+        is on it."""
         with self._lock(run_id):
-            self._claim_path(run_id).unlink(missing_ok=True)
+            held = read_json(self._claim_path(run_id))
+            if held is not None and held.get("token") != token:
+                raise LostClaim(f"{self.run_dir(run_id)}: another process took this run over; this one "
+                                f"writes nothing more to it")
+            atomic_write_text(self._claim_path(run_id), json.dumps({**who, "token": token}))
+
+    def holds(self, run_id: str, token: str) -> bool:
+        return (read_json(self._claim_path(run_id)) or {}).get("token") == token
+
+    @contextlib.contextmanager
+    def fence(self, run_id: str, token: str | None):
+        """Hold the run's lock while a write happens, and raise LostClaim before it when the claim is
+        no longer `token`'s (taken over). A None token writes unconditionally (the harness's own
+        bookkeeping, under the lock)."""
+        with self._lock(run_id):
+            if token is not None and not self.holds(run_id, token):
+                raise LostClaim(f"{self.run_dir(run_id)}: another process took this run over (or let it go); "
+                                f"this one writes nothing more to it")
+            yield
+
+    def guard(self, run_id: str, token: str | None):
+        """fence() as a guard for protoseg's writes (io.atomic_write_bytes, the engine)."""
+        return lambda: self.fence(run_id, token)
+
+    def heartbeat(self, run_id: str, token: str | None = None) -> bool:
+        """Touch the claim; False (and nothing touched) once it is not `token`'s."""
+        try:
+            with self.fence(run_id, token):
+                os.utime(self._claim_path(run_id), follow_symlinks=False)
+        except LostClaim:
+            return False
+        except FileNotFoundError:
+            return token is None
+        return True
+
+    def release(self, run_id: str, token: str | None = None) -> None:
+        """Let the claim go; with `token`, only while it is that token's (never another owner's)."""
+        with self._lock(run_id):
+            if token is None or self.holds(run_id, token):
+                self._claim_path(run_id).unlink(missing_ok=True)
 
     # ---- reading many runs fast (status, report) -----------------------
     def rows(self, stale_after: float = 120) -> list[dict]:
