@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from protoseg.io import atomic_write_text
+from protoseg.io import atomic_write_text, refuse_link
 
 from . import backends
 from .store import Store
@@ -18,6 +18,7 @@ def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: f
     BackendUnavailable when a backend's cluster does not answer."""
     held = {rid: store.claim_info(rid) or {} for rid in run_ids}
     for rid in run_ids:
+        refuse_link(store.run_dir(rid), "run folder")
         atomic_write_text(store.cancel_path(rid), f"{time.time()}\n")
     # a run that started meanwhile gets its grace
     queued = dict(zip(held, backends.cancel(list(held.values()), pending_only=True)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from protoseg.io import refuse_link
 from protoseg.registry import NEEDS_ROOT
 
 SUFFIX = "-smoke"
@@ -59,6 +60,8 @@ def write_data(results: Path, datasets) -> list[Path]:
     roots = []
     for dataset in sorted(set(datasets) & set(NEEDS_ROOT)):
         root = data_root(results, dataset)
+        for folder in (root.parent, root):
+            refuse_link(folder, "smoke data folder")
         if not (root / ".complete").exists():
             write_fixture(dataset, root, size=FIXTURE_SIZE)
             (root / ".complete").touch()
@@ -72,7 +75,7 @@ def drop_checkpoints(store, run_ids) -> int:
     freed = 0
     for rid in run_ids:
         folder = store.run_dir(rid) / "checkpoints"
-        if folder.is_dir():
+        if folder.is_dir() and not folder.is_symlink():  # a planted link's target is not ours to delete
             freed += sum(f.stat().st_size for f in folder.iterdir())
             shutil.rmtree(folder)
     return freed

@@ -2,10 +2,12 @@
 
     python -m harness.worker RESULTS/SWEEP/RUN_ID [--threads N]
 
-Takes over the run's claim, keeps its heartbeat, calls protoseg.engine.run,
-and records done / failed (with the traceback in error.txt) / cancelled. The
-run stops at a checkpoint when `stop` is set or when `harness cancel` leaves
-a cancel file in the run folder.
+Takes over the claim its backend made for it (or claims the run, run by
+hand), keeps its heartbeat, calls protoseg.engine.run, and records done /
+failed (with the traceback in error.txt) / cancelled. The run stops at a
+checkpoint when `stop` is set or when `harness cancel` leaves a cancel file
+in the run folder; it stops without writing anything once another process
+has taken the run over (the claim's fencing token changed).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from .matrix import settings_text
-from .store import Store, load_spec, owner
+from .store import LostClaim, Store, load_spec, owner
 
 HEARTBEAT_S = 5.0
 
@@ -45,62 +47,89 @@ def board_dir(store: Store, rid: str) -> Path:
     return store.dir / ".tensorboard" / (f"{label} ({rid})" if label else rid)
 
 
-def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = None,
-            stop: threading.Event | None = None, requeue: threading.Event | None = None) -> int:
-    """Run one stored run to the end. Returns 0 done, 1 failed, 143 interrupted.
+LOST = 75  # exit code of a worker whose run was taken over (EX_TEMPFAIL): it wrote nothing more
 
-    When `requeue` is set at the stop, the run goes back to "queued" and its
-    claim to the (SLURM) job `job_id`, which will start it again."""
+
+def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = None,
+            stop: threading.Event | None = None, requeue: threading.Event | None = None,
+            token: str | None = None) -> int:
+    """Run one stored run to the end. Returns 0 done, 1 failed, 143 interrupted, LOST taken over.
+
+    `token`: the fencing token of the claim this worker was started for (None: claim the run here).
+    Every write to the run checks that the claim still has it; once it does not (another process
+    took the run over, e.g. after this one was suspended past stale_after on another host) the
+    worker stops and writes nothing more. When `requeue` is set at the stop, the run goes back to
+    "queued" and its claim to the (SLURM) job `job_id`, which will start it again."""
     from protoseg import engine
 
     store, rid = store_of(run_dir)
+    who = owner(backend=backend, job_id=job_id)
+    if token is None:
+        if not store.claim(rid, who):
+            print(f"{store.run_dir(rid)}: done, or held by a live owner; nothing to do", file=sys.stderr)
+            return 0 if store.is_done(rid) else LOST
+        token = who["token"]
+    try:
+        return _execute(store, rid, who, token, stop or threading.Event(), requeue, engine)
+    except LostClaim as err:
+        print(err, file=sys.stderr)
+        return LOST
+
+
+def _execute(store: Store, rid: str, who: dict, token: str, stop: threading.Event,
+             requeue: threading.Event | None, engine) -> int:
+    store.retake(rid, who, token)
     if store.is_done(rid):  # last guard: a done run is never trained again
-        store.release(rid)
+        store.release(rid, token)
         return 0
     cancel = store.cancel_path(rid)
     if cancel.exists():  # cancelled while it waited in a queue
-        _record_cancel(store, rid)
+        _record_cancel(store, rid, token)
         return 143
-    stop = stop or threading.Event()
-    who = owner(backend=backend, job_id=job_id)
-    store.retake(rid, who)
     attempts = int(store.status(rid).get("attempts", 0)) + 1
-    store.update(rid, state="running", attempts=attempts, started=time.time(), host=who["host"],
-                 pid=who["pid"], backend=backend, job_id=job_id, error=None,
+    store.update(rid, token, state="running", attempts=attempts, started=time.time(), host=who["host"],
+                 pid=who["pid"], backend=who["backend"], job_id=who["job_id"], error=None,
                  resumed=store.has_checkpoint(rid))
-    beating = threading.Event()
+    beating, lost = threading.Event(), threading.Event()
 
     def beat():
         while not beating.wait(HEARTBEAT_S):
-            store.heartbeat(rid)
+            if not store.heartbeat(rid, token):
+                lost.set()
+                return
 
     threading.Thread(target=beat, daemon=True).start()
     try:
         metrics = engine.run(load_spec(store.run_dir(rid)), store.run_dir(rid),
-                             stop=lambda: stop.is_set() or cancel.exists(), board_dir=board_dir(store, rid))
-        store.update(rid, state="done", mIoU=metrics["mIoU"], finished=time.time(), error=None)
+                             stop=lambda: stop.is_set() or lost.is_set() or cancel.exists(),
+                             board_dir=board_dir(store, rid), guard=store.guard(rid, token))
+        store.update(rid, token, state="done", mIoU=metrics["mIoU"], finished=time.time(), error=None)
         return 0
     except engine.Interrupted as err:
+        if lost.is_set():
+            raise LostClaim(f"{store.run_dir(rid)}: another process took this run over; stopped") from None
         if cancel.exists():
-            _record_cancel(store, rid)
+            _record_cancel(store, rid, token)
         elif requeue is not None and requeue.is_set():
-            store.update(rid, state="queued", error=None, requeued=time.time())
-            store.retake(rid, {**who, "pid": None})
+            store.update(rid, token, state="queued", error=None, requeued=time.time())
+            store.retake(rid, {**who, "pid": None}, token)
             return 143
         else:
-            store.update(rid, state="cancelled", error=str(err), finished=time.time())
+            store.update(rid, token, state="cancelled", error=str(err), finished=time.time())
         return 143
+    except LostClaim:
+        raise
     except Exception as err:  # any failure of the run is recorded, never raised further
-        store.write_error(rid, f"{type(err).__name__}: {err}", traceback.format_exc())
+        store.write_error(rid, f"{type(err).__name__}: {err}", traceback.format_exc(), token)
         return 1
     finally:
         beating.set()
         if store.status(rid).get("state") != "queued":
-            store.release(rid)
+            store.release(rid, token)
 
 
-def _record_cancel(store: Store, rid: str) -> None:
-    store.record_cancelled(rid)
+def _record_cancel(store: Store, rid: str, token: str) -> None:
+    store.record_cancelled(rid, token)
     store.cancel_path(rid).unlink(missing_ok=True)  # obeyed
 
 
@@ -114,7 +143,8 @@ def main(argv=None) -> int:
     return run_here(args.run_dir, args.threads, args.backend)
 
 
-def run_here(run_dir: str | Path, threads: int | None = None, backend: str = "local") -> int:
+def run_here(run_dir: str | Path, threads: int | None = None, backend: str = "local",
+             token: str | None = None) -> int:
     """`execute` in this process, which SIGTERM, SIGINT, SIGUSR1 and SIGHUP stop at a checkpoint."""
     if threads:
         import torch
@@ -123,7 +153,7 @@ def run_here(run_dir: str | Path, threads: int | None = None, backend: str = "lo
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):  # SIGHUP: a dropped ssh session
         signal.signal(sig, lambda *_: stop.set())
-    return execute(run_dir, backend=backend, stop=stop)
+    return execute(run_dir, backend=backend, stop=stop, token=token)
 
 
 if __name__ == "__main__":

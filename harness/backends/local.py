@@ -5,6 +5,7 @@ forked from a forkserver that has imported the engine once: a fresh interpreter 
 seconds importing torch, timm and mmcv again."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import select
@@ -13,8 +14,11 @@ import sys
 import threading
 import time
 
+from protoseg.io import open_append
+
 from ..matrix import RunSpec
-from ..store import Store, owner, pid_alive
+from ..store import LostClaim, Store, owner, pid_alive
+from ..worker import LOST
 from . import RunBar, Setting
 
 SETTINGS: dict[str, Setting] = {}  # only the common ones: backend, jobs, stale_after
@@ -58,37 +62,42 @@ def _die_with(pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="die with the harness").start()
 
 
-def _worker(folder: str, threads: int, harness_pid: int) -> None:
+def _worker(folder: str, threads: int, harness_pid: int, token: str) -> None:
     """The child: its output to the run's worker.log, then the run, as `python -m harness.worker` would
     run it, but tied to the harness by _die_with (its parent is the forkserver)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):  # ignored by the forkserver; a stop must not be lost
         signal.signal(sig, signal.SIG_DFL)
-    log = os.open(os.path.join(folder, "worker.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    for fd in (1, 2):
-        os.dup2(log, fd)
-    os.close(log)
+    with open_append(os.path.join(folder, "worker.log")) as log:
+        for fd in (1, 2):
+            os.dup2(log.fileno(), fd)
     _die_with(harness_pid)
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     from .. import worker
 
-    sys.exit(worker.run_here(folder, threads))
+    sys.exit(worker.run_here(folder, threads, token=token))
 
 
-def _launch(store: Store, rid: str, threads: int) -> multiprocessing.Process:
-    proc = _context().Process(target=_worker, args=(str(store.run_dir(rid)), threads, os.getpid()), name=rid)
+def _launch(store: Store, rid: str, threads: int, token: str) -> multiprocessing.Process:
+    proc = _context().Process(target=_worker, args=(str(store.run_dir(rid)), threads, os.getpid(), token), name=rid)
     proc.start()
     return proc
 
 
 def _stop_all(active: dict[str, multiprocessing.Process], grace: float = 60.0) -> None:
-    """SIGTERM makes each worker checkpoint and exit; whatever is left after `grace` is killed."""
-    for proc in active.values():
-        proc.terminate()
+    """SIGTERM makes each worker checkpoint and exit; whatever is left after `grace` is killed. The wait
+    watches the pids, not the forkserver's pipe: once the forkserver has died (kill -9), that pipe is
+    closed and a join would return while the runs are still writing their stop checkpoints."""
+    def signal_all(sig: int) -> None:  # os.kill: Process.terminate() does nothing once its pipe says 255
+        for proc in active.values():
+            with contextlib.suppress(ProcessLookupError):
+                if pid_alive(proc.pid):
+                    os.kill(proc.pid, sig)
+
+    signal_all(signal.SIGTERM)
     deadline = time.time() + grace
-    for proc in active.values():
-        proc.join(max(deadline - time.time(), 0.1))
-        if proc.exitcode is None:
-            proc.kill()
+    while time.time() < deadline and any(pid_alive(proc.pid) for proc in active.values()):
+        time.sleep(0.1)
+    signal_all(signal.SIGKILL)
 
 
 class Pool:
@@ -122,26 +131,28 @@ def wait(handle: Pool, progress: bool = True) -> dict[str, str]:
         while pending or active:
             while pending and len(active) < jobs:
                 spec = pending.pop(0)
-                if store.claim(spec.run_id, owner(backend="local"), stale_after):
-                    active[spec.run_id] = _launch(store, spec.run_id, threads)
+                who = owner(backend="local")
+                if store.claim(spec.run_id, who, stale_after):
+                    active[spec.run_id] = _launch(store, spec.run_id, threads, who["token"]), who["token"]
                 else:
                     finish(spec.run_id, "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere")
-            for rid, proc in list(active.items()):
+            for rid, (proc, token) in list(active.items()):
                 code = proc.exitcode
                 if code is None or (code == 255 and pid_alive(proc.pid)):  # 255: the forkserver died, not the run
                     continue
                 proc.close()
                 del active[rid]
                 if code < 0:  # killed by a signal (OOM killer, kill -9): resumable, not failed
-                    store.update(rid, state="crashed", error=f"worker killed by signal {-code}")
-                    store.release(rid)
-                finish(rid, store.state(rid, stale_after))
+                    with contextlib.suppress(LostClaim):
+                        store.update(rid, token, state="crashed", error=f"worker killed by signal {-code}")
+                    store.release(rid, token)
+                finish(rid, "taken over" if code == LOST else store.state(rid, stale_after))
             time.sleep(0.1)
     except BaseException as err:  # Ctrl-C, a signal, or a failure of the harness itself: no run is left behind
         if active:
             bar.note(f"{'interrupted' if isinstance(err, KeyboardInterrupt) else type(err).__name__}: "
                      f"stopping {len(active)} running run(s) at a checkpoint...")
-        _stop_all(active)
+        _stop_all({rid: proc for rid, (proc, _) in active.items()})
         raise
     finally:
         bar.close()

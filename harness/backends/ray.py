@@ -87,7 +87,7 @@ def attempt(config: dict) -> None:
     trial = tune.get_context().get_trial_id()
     stop = threading.Event()
     worker = threading.Thread(target=lambda: outcome.update(
-        code=execute(run_dir, backend="ray", job_id=trial, stop=stop)), daemon=True)
+        code=execute(run_dir, backend="ray", job_id=trial, stop=stop, token=config.get("token"))), daemon=True)
     worker.start()
     last = None
     driver = config.get("driver") or {}
@@ -112,21 +112,24 @@ def attempt(config: dict) -> None:
 class Trials:
     """The runs claimed for one new Tune experiment on a connected Ray; wait() runs it."""
 
-    def __init__(self, store: Store, claimed: list[RunSpec], final: dict[str, str], executor: dict, trainable):
-        self.store, self.claimed, self.final, self.executor, self.trainable = store, claimed, final, executor, trainable
+    def __init__(self, store: Store, claimed: list[RunSpec], final: dict[str, str], executor: dict, trainable,
+                 token: str):
+        self.store, self.claimed, self.final, self.executor = store, claimed, final, executor
+        self.trainable, self.token = trainable, token
 
 
 def submit(store: Store, runs: list[RunSpec], executor: dict, trainable=None) -> Trials:
     """Claim the runs and start or join Ray; `trainable` replaces `attempt` (tests)."""
-    claimed, final = claim_all(store, runs, owner(backend="ray"), executor["stale_after"])
+    who = owner(backend="ray")
+    claimed, final = claim_all(store, runs, who, executor["stale_after"])
     if claimed:
         try:
             print(connect(executor.get("address"), num_cpus=cores()), file=sys.stderr)
         except BaseException:
             for spec in claimed:
-                store.release(spec.run_id)
+                store.release(spec.run_id, who["token"])
             raise
-    return Trials(store, claimed, final, executor, trainable)
+    return Trials(store, claimed, final, executor, trainable, who["token"])
 
 
 def wait(handle: Trials, progress: bool = True) -> dict[str, str]:
@@ -143,7 +146,7 @@ def wait(handle: Trials, progress: bool = True) -> dict[str, str]:
         function = tune.with_resources(handle.trainable or attempt, {"cpu": cpus, "gpu": gpus})
         tuner = tune.Tuner(
             function,
-            param_space={"threads": max(1, int(cpus)), "driver": owner(),
+            param_space={"threads": max(1, int(cpus)), "driver": owner(), "token": handle.token,
                          "run": tune.grid_search([{"run_id": s.run_id, "run_dir": str(store.run_dir(s.run_id))}
                                                   for s in claimed])},
             tune_config=tune.TuneConfig(max_concurrent_trials=executor.get("jobs") or 0),
@@ -157,8 +160,8 @@ def wait(handle: Trials, progress: bool = True) -> dict[str, str]:
     finally:
         for spec in claimed:  # a trial that never started still holds the driver's claim
             info = store.claim_info(spec.run_id)
-            if info and info.get("pid") == owner()["pid"]:
-                store.release(spec.run_id)
+            if info and info.get("pid") == os.getpid():
+                store.release(spec.run_id, handle.token)
         ray.shutdown()
     errors = {}
     for result in grid:
@@ -166,7 +169,7 @@ def wait(handle: Trials, progress: bool = True) -> dict[str, str]:
             errors[result.config["run"]["run_id"]] = result.error
     for spec in claimed:
         state = store.state(spec.run_id, stale_after)
-        if spec.run_id in errors and state not in ("done", "failed"):
+        if spec.run_id in errors and state not in ("done", "failed", "running"):  # running: taken over
             error = errors[spec.run_id]
             store.write_error(spec.run_id, f"Ray trial failed {executor['max_failures'] + 1} time(s): "
                                            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}", str(error))

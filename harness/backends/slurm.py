@@ -10,6 +10,7 @@ submitting shell died submits nothing twice.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from ..matrix import RunSpec
-from ..store import Store, owner
+from ..store import LostClaim, Store, owner
 from ..worker import execute, store_of
 from . import BackendUnavailable, RunBar, Setting, claim_all, integer, number, optional, slurm_jobs, text
 
@@ -97,12 +98,13 @@ class RunJob:
     def __init__(self, run_dir: str, max_timeouts: int = 3):
         self.run_dir, self.max_timeouts = run_dir, max_timeouts
 
-    def _leave(self, store: Store, rid: str, job: str, rank: int) -> str | None:
+    def _leave(self, store: Store, rid: str, who: dict, rank: int) -> str | None:
         """Why this task has nothing to do, or None. Every rank asks, so no rank waits alone for the others."""
+        job = who["job_id"]
         if store.is_done(rid) or store.cancel_path(rid).exists():
             return "the run is done or cancelled"
         if rank == 0:  # takes the run under its lock
-            return None if store.take_for_job(rid, owner(backend="slurm", job_id=job)) else "another job holds the run"
+            return None if store.take_for_job(rid, who) else "another owner holds the run"
         held = store.claim_info(rid) or {}
         if held.get("job_id") not in (None, job) and store.claim_alive(rid, stale_after=120):
             return f"SLURM job {held['job_id']} holds the run"
@@ -113,7 +115,8 @@ class RunJob:
 
         env = submitit.JobEnvironment()
         store, rid = store_of(Path(self.run_dir))
-        reason = self._leave(store, rid, env.job_id, env.global_rank)
+        who = owner(backend="slurm", job_id=env.job_id)
+        reason = self._leave(store, rid, who, env.global_rank)
         if reason:
             print(f"{rid}: {reason}; job {env.job_id} leaves it", file=sys.stderr)
             return 0
@@ -123,17 +126,20 @@ class RunJob:
             return _follow(self.run_dir)
         self._stop, self._requeue, outcome = threading.Event(), threading.Event(), {}
         self._thread = threading.Thread(target=lambda: outcome.update(code=execute(
-            self.run_dir, backend="slurm", job_id=env.job_id, stop=self._stop, requeue=self._requeue)))
+            self.run_dir, backend="slurm", job_id=env.job_id, stop=self._stop, requeue=self._requeue,
+            token=who["token"])))
         self._thread.start()
         try:
             while self._thread.is_alive():
                 self._thread.join(1.0)  # short joins: submitit's USR2 handler runs in this (main) thread
         except submitit.core.utils.UncompletedJobError as err:  # from the handler: no requeue
             if store.status(rid).get("state") == "queued":  # handed back for a requeue that will not come
-                store.write_error(rid, f"SLURM job {env.job_id} timed out more than executor.max_timeouts="
-                                       f"{self.max_timeouts} times ({err}); its checkpoint is kept: "
-                                       f"`harness run --retry-failed` resumes it", traceback.format_exc())
-                store.release(rid)
+                with contextlib.suppress(LostClaim):
+                    store.write_error(rid, f"SLURM job {env.job_id} timed out more than executor.max_timeouts="
+                                           f"{self.max_timeouts} times ({err}); its checkpoint is kept: "
+                                           f"`harness run --retry-failed` resumes it", traceback.format_exc(),
+                                      who["token"])
+                store.release(rid, who["token"])
             raise
         return outcome.get("code", 1)
 
@@ -208,7 +214,7 @@ def submit(store: Store, runs: list[RunSpec], executor: dict) -> Submitted:
             jobs = _submit(store, claimed, executor)
         except BaseException:
             for spec in claimed:
-                store.release(spec.run_id)
+                store.release(spec.run_id, me["token"])
             raise
         for spec, job in zip(claimed, jobs):
             store.hand_to_job(spec.run_id, me, {**me, "job_id": job.job_id, "pid": None}, job_id=job.job_id,
