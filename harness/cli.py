@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import os
 import shutil
 import signal
 import sys
@@ -11,10 +13,10 @@ import traceback
 from pathlib import Path
 
 from protoseg import config
-from protoseg.io import load_yaml, read_yaml
+from protoseg.io import LinkRefused, load_yaml, read_yaml
 
 from . import backends, smoke
-from .matrix import MatrixError, settings_text
+from .matrix import MAX_CELLS, MatrixError, settings_text
 from .store import SWEEP_NAME, Store, StoreError, check_locking
 
 
@@ -88,7 +90,7 @@ def _plan(store: Store, runs, args, stale_after) -> list[tuple[object, str]]:
         else:
             action = "resume" if spec.run_id in existing and store.has_checkpoint(spec.run_id) else "run"
             if state == "corrupt":
-                action += f" (corrupt {', '.join(store.corrupt_files(spec.run_id))}: set aside)"
+                action += f" (corrupt {_corrupt_text(store, spec.run_id)}: set aside)"
         plan.append((spec, action))
     return plan
 
@@ -107,10 +109,12 @@ def cmd_run(args) -> int:
     store = Store(args.results, smoke.name(name) if args.smoke else name)
     planned_at = store.spec_version()
     sweep = matrix.load(args.file, overrides, args.profile, select=_selector(args.only), spec_version=planned_at,
-                        smoke_results=args.results if args.smoke else None)
+                        smoke_results=args.results if args.smoke else None, max_cells=args.max_cells)
     runs = sweep.runs
     if not runs:
         raise MatrixError(f"{args.file}: --only {args.only!r} matches none of its {sweep.cells} cells; nothing done")
+    if not args.dry_run:
+        _refuse_linked_root(args)
     if args.smoke and not args.dry_run:
         smoke.write_data(args.results, {run.value("data.dataset") for run in runs})
     if not (args.smoke and args.dry_run):  # a smoke dry run writes no fixture to check
@@ -125,13 +129,19 @@ def cmd_run(args) -> int:
     todo = [spec for spec, action in plan if action.split()[0] in ("run", "resume", "rerun")]
     backend = backends.get(sweep.executor["backend"])
     if args.dry_run:
-        print(f"dry run: {len(todo)} would run")
+        print(f"dry run: {len(todo)} would run (the matrix: {sweep.product} cells before exclude and "
+              f"duplicates)")
         if todo:
             try:
                 print("\n" + backend.describe(store, todo, sweep.executor))
             except backends.BackendUnavailable as err:
                 print(f"({sweep.executor['backend']}: {err})")
         return 0
+    linked = store.links([spec.run_id for spec in todo])
+    if linked:
+        more = f" (and {len(linked) - 1} more link(s) there)" if len(linked) > 1 else ""
+        raise StoreError(f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}); nothing is written "
+                         f"through links in a results folder: replace it with a real one or remove it{more}")
     check_locking(store.dir)
     store.record_sweep(args.file, matrix.git_commit(), sweep.executor, [r.run_id for r in runs],
                        planned_at or config.SPEC_VERSION)
@@ -220,7 +230,7 @@ def _status_lines(store: Store, stale_after: float) -> list[str]:
         miou = f"mIoU {row['mIoU']:.2f}" if state == "done" and row.get("mIoU") is not None else ""
         error = (row.get("error") or "")[:80] if state in ("failed", "crashed", "cancelled") else ""
         if state == "corrupt":
-            error = "corrupt " + ", ".join(store.corrupt_files(row["run_id"])) + ": `harness run` redoes it"
+            error = f"corrupt {_corrupt_text(store, row['run_id'])}: `harness run` redoes it"
         job = f"job {row['job_id']}" if row.get("job_id") and state != "done" else ""
         if row.get("log") and state != "done":
             job += f" log {_short(row['log'])}"
@@ -229,6 +239,10 @@ def _status_lines(store: Store, stale_after: float) -> list[str]:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"{len(rows)} runs: {summary or 'none'}")
     return lines
+
+
+def _corrupt_text(store: Store, run_id: str) -> str:
+    return ", ".join(f"{name} ({why})" for name, why in store.corrupt_files(run_id).items())
 
 
 def _short(path: str) -> str:
@@ -245,6 +259,7 @@ def cmd_cancel(args) -> int:
     from .matrix import RunSpec
     from .store import ACTIVE, load_spec
 
+    _refuse_linked_root(args)
     cancelled = 0
     for store in _sweeps(args.results, args.target):
         rows = [r for r in store.rows(args.stale_after) if r["state"] in ACTIVE]
@@ -391,6 +406,12 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _refuse_linked_root(args) -> None:
+    if args.results.is_symlink() and not args.linked_results:
+        raise StoreError(f"--results {args.results} is a symbolic link (to {os.readlink(args.results)}); pass "
+                         f"--linked-results to write through it (links inside it stay refused), or name its target")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report, evaluate",
                                      epilog=EXIT_CODES)
@@ -416,7 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", help="slurm: a cluster profile, slurm/profiles/NAME.yaml or a YAML path")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override executor.<key> or base.<spec path>")
+    run.add_argument("--max-cells", type=_positive, default=MAX_CELLS, metavar="N",
+                     help=f"refuse a matrix of more cells, counted from its axes before expanding it "
+                          f"(default {MAX_CELLS:,})")
     run.set_defaults(func=cmd_run)
+    linked_results = ("the --results folder itself may be a symbolic link (to cluster scratch, say); links "
+                      "inside it stay refused")
+    run.add_argument("--linked-results", action="store_true", help=linked_results)
 
     status = add("status", "one line per run and a summary")
     status.add_argument("target", nargs="?", help="experiment file or sweep name (default: all)")
@@ -431,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     can.add_argument("--grace", type=float, default=60.0,
                      help="seconds a running run gets to write its checkpoint before scancel (default 60)")
     can.add_argument("--stale-after", type=float, default=120.0)
+    can.add_argument("--linked-results", action="store_true", help=linked_results)
     can.set_defaults(func=cmd_cancel)
 
     rep = add("report", "paper-style table of a sweep")
@@ -471,8 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXIT_CODES = """exit codes: 0 every selected cell done (or left running elsewhere); 1 some cells failed or
-crashed (counted and listed); 2 invalid input (experiment file, spec, sweep name, results folder); 3 the
+EXIT_CODES = """exit codes: 0 every selected cell done (or left running elsewhere, or taken over there); 1 some
+cells failed or crashed (counted and listed); 2 invalid input (experiment file, spec, sweep name) or a
+results folder the harness cannot use (read-only, full, no flock, a symbolic link inside); 3 the
 backend's cluster cannot be reached; 4 an internal error (a bug: please report the traceback);
 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: running runs checkpointed)"""
 
@@ -481,18 +510,28 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (MatrixError, StoreError) as err:
+    except (MatrixError, StoreError, LinkRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except PermissionError as err:
         print(f"error: permission denied: {err.filename} ({err.strerror}); ask its owner for group access, "
               f"or choose another --results folder", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT) and err.filename:  # the disk, not a bug
+            print(f"error: {err.filename}: {err.strerror}; nothing finished is lost. Free space or choose a "
+                  f"--results folder you can write", file=sys.stderr)
+            return 2
+        return _internal_error()
     except KeyboardInterrupt:
         return 130
     except Exception:  # a bug, not the user's input
-        print(f"internal error (exit 4), please report it:\n{traceback.format_exc()}", file=sys.stderr)
-        return 4
+        return _internal_error()
+
+
+def _internal_error() -> int:
+    print(f"internal error (exit 4), please report it:\n{traceback.format_exc()}", file=sys.stderr)
+    return 4
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
+import math
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ class Sweep:
     axes: list[str]
     description: str = ""
     cells: int = 0                  # distinct runs of the whole matrix
+    product: str = ""               # the count from the axes, before exclude and deduplication
 
 
 def settings_text(settings: dict) -> str:
@@ -110,7 +112,22 @@ def _matches(cell: dict, pattern: dict) -> bool:
     return all(cell.get(k) == v for k, v in pattern.items())
 
 
-def _cells(doc: dict, source: str) -> list[dict]:
+MAX_CELLS = 10**6
+
+
+def cell_count(doc: dict) -> tuple[int, str]:
+    """How many cells the matrix has before exclude and deduplication, counted from its axes without
+    expanding them, and how: (count, '3 backbone x 2 head + 1 include')."""
+    matrix = doc.get("matrix") or {}
+    sizes = [(len(values) if isinstance(values, list) else 0, key) for key, values in matrix.items()]
+    include = doc.get("include") or []
+    count = math.prod(n for n, _ in sizes) if sizes else 0
+    count += len(include) if isinstance(include, list) else 0
+    formula = " x ".join(f"{n} {key.split('.')[-1]}" for n, key in sizes) or "no axes"
+    return count, formula + (f" + {len(include)} include" if isinstance(include, list) and include else "")
+
+
+def _cells(doc: dict, source: str, max_cells: int = MAX_CELLS) -> list[dict]:
     matrix = doc.get("matrix") or {}
     if not isinstance(matrix, dict):
         raise MatrixError(f"{source}: 'matrix' must map spec paths to lists of values")
@@ -118,6 +135,11 @@ def _cells(doc: dict, source: str) -> list[dict]:
         if not isinstance(values, list) or not values:
             raise MatrixError(f"{source}: matrix.{key} must be a non-empty list, got {values!r}")
     keys = list(matrix)
+    count, formula = cell_count(doc)
+    if count > max_cells:
+        raise MatrixError(f"{source}: the matrix has {count:,} cells ({formula}), more than the limit of "
+                          f"{max_cells:,}; nothing was expanded. Narrow an axis, or raise the limit with "
+                          f"--max-cells {count} if you mean it")
     cells = [dict(zip(keys, combo)) for combo in itertools.product(*matrix.values())]
     for i, pattern in enumerate(doc.get("exclude") or []):
         if not isinstance(pattern, dict):
@@ -185,13 +207,14 @@ def _apply_overrides(doc: dict, overrides, source: str) -> None:
 
 def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
                select: Callable[[RunSpec], bool] | None = None, spec_version: int | None = None,
-               smoke_results: Path | None = None) -> Sweep:
+               smoke_results: Path | None = None, max_cells: int = MAX_CELLS) -> Sweep:
     """A parsed experiment document -> Sweep; raises MatrixError naming `source`.
 
     Only the cells that `select` keeps are in `Sweep.runs` (the others are counted).
     `spec_version`: the version the sweep was first planned at; the defaults changed
     since then keep their old values in it (config.HISTORY), with a notice.
-    `smoke_results`: plan the smoke version of every cell (harness/smoke.py), data under that folder."""
+    `smoke_results`: plan the smoke version of every cell (harness/smoke.py), data under that folder.
+    A matrix of more than `max_cells` cells (counted from its axes) is refused before it is expanded."""
     if not isinstance(doc, dict):
         raise MatrixError(f"{source}: an experiment file must be a mapping with keys {', '.join(TOP_KEYS)}")
     doc = copy.deepcopy(doc)
@@ -231,7 +254,7 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
     cross_checked: set[str] = set()
     runs: dict[str, RunSpec] = {}
     seen: set[str] = set()
-    for cell in _cells(doc, source):
+    for cell in _cells(doc, source, max_cells):
         delta: dict = {}
         try:
             for key, value in cell.items():
@@ -271,7 +294,9 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
     axes = list((doc.get("matrix") or {}).keys())
     for extra in doc.get("include") or []:
         axes += [k for k in extra if k not in axes]
-    return Sweep(name, source, list(runs.values()), executor, axes, doc.get("description", ""), len(seen))
+    count, formula = cell_count(doc)
+    return Sweep(name, source, list(runs.values()), executor, axes, doc.get("description", ""), len(seen),
+                 f"{count:,} = {formula}")
 
 
 def sweep_name(doc: dict, source: str) -> str:
@@ -326,9 +351,9 @@ def check_data_roots(sweep: Sweep, dry_run: bool = False) -> list[str]:
 
 
 def load(path: str | Path, overrides=(), profile: str | None = None, select=None,
-         spec_version: int | None = None, smoke_results: Path | None = None) -> Sweep:
+         spec_version: int | None = None, smoke_results: Path | None = None, max_cells: int = MAX_CELLS) -> Sweep:
     return expand_doc(read_yaml(path, "experiment file", MatrixError), str(path), overrides, profile, select,
-                      spec_version, smoke_results)
+                      spec_version, smoke_results, max_cells)
 
 
 def git_commit(folder: Path | None = None) -> str | None:
