@@ -115,7 +115,7 @@ def test_a_claim_is_judged_by_its_backend_and_rows_ask_each_backend_once(tmp_pat
     for i in range(3):
         rid = f"r{i}"
         store.prepare(rid, {"model": {}}, {})
-        store.retake(rid, {**owner(backend="slurm", job_id=f"7_{i}"), "pid": None})
+        store.claim(rid, {**owner(backend="slurm", job_id=f"7_{i}"), "pid": None})
         store.update(rid, state="queued", backend="slurm", job_id=f"7_{i}")
     store.prepare("mine", {"model": {}}, {})
     store.claim("mine", owner(backend="local"))

@@ -181,7 +181,7 @@ def test_corrupt_metrics_and_status_files_are_shown_and_the_run_is_evaluated_aga
 
     again = run_harness("run", path, results=results)
     assert again.returncode == 0, again.stderr
-    assert "resume (corrupt metrics.json: set aside)" in again.stdout, again.stdout
+    assert "resume (corrupt metrics.json (not whole JSON" in again.stdout, again.stdout
     assert json.loads(metrics.read_text())["mIoU"] == miou  # evaluated again from the final checkpoint
     assert list(store.run_dir(truncated).glob("metrics.json.corrupt-*"))  # kept for a look
     assert store.state(garbled) == "done"

@@ -50,12 +50,16 @@ def test_load_reports_malformed_yaml_with_file(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,valid", [
-    ("train.iterations", -5, "an integer >= 1"), ("train.iterations", 0, "an integer >= 1"),
-    ("model.gamma", 1.5, r"\[0, 1\]"), ("model.num_prototypes", 0, "an integer >= 1"),
-    ("data.batch_size", 0, "an integer >= 1"), ("train.lr", 0.0, "finite number > 0"),
+    ("train.iterations", -5, r"an integer in \[1, "), ("train.iterations", 0, r"an integer in \[1, "),
+    ("model.gamma", 1.5, r"\[0, 1\]"), ("model.num_prototypes", 0, r"an integer in \[1, 1,000\]"),
+    ("model.num_prototypes", 10**9, r"an integer in \[1, 1,000\]: every pixel is scored"),
+    ("train.seed", -1, r"an integer in \[0, 4,294,967,295\] \(numpy's seed range\)"),
+    ("train.seed", 2**32, r"numpy's seed range"), ("data.crop_size", [64, 100_000], r"integers in \[1, 8192\]"),
+    ("model.embed_dim", 10**6, r"\[1, 8,192\] \(channels\)"),
+    ("data.batch_size", 0, r"an integer in \[1, 4,096\]"), ("train.lr", 0.0, "finite number > 0"),
     ("train.lr", float("nan"), "finite number > 0"), ("train.lr", float("inf"), "finite number > 0"),
     ("train.device", "gpu", "auto, cpu, cuda, cuda:N"), ("train.threads", 0, "integer >= 1"),
-    ("train.threads", "four", "integer >= 1"), ("data.crop_size", [0, 64], "positive integers"),
+    ("train.threads", "four", "integer >= 1"), ("data.crop_size", [0, 64], r"integers in \[1, 8192\]"),
     ("eval.scales", [1.0, -0.5], "numbers > 0"), ("data.ratio_range", [2.0, 0.5], "low <= high"),
     ("model.output_stride", 12, "8, 16 or 32"), ("model.backbone", "resnet19", "did you mean 'resnet18'"),
     ("data.dataset", "cityscape", "valid: synthetic, camvid"),

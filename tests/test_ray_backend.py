@@ -73,7 +73,7 @@ def crash_once(config):
     stop = threading.Event()
     watcher = threading.Thread(target=lambda: _stop_at_checkpoint(run_dir, stop), daemon=True)
     watcher.start()
-    execute(run_dir, backend="ray", stop=stop)  # stops at the first checkpoint
+    execute(run_dir, backend="ray", stop=stop, token=config["token"])  # stops at the first checkpoint
     marker.write_text("")
     raise RuntimeError("simulated crash of the trial")
 

@@ -31,7 +31,7 @@ def squeue(tmp_path, monkeypatch):
 def queued_run(tmp_path, job="41_3") -> tuple[Store, str]:
     store = Store(tmp_path / "results", "s")
     store.prepare("r1", {"model": {}}, {})
-    store.retake("r1", {**owner(backend="slurm", job_id=job), "pid": None})
+    assert store.claim("r1", {**owner(backend="slurm", job_id=job), "pid": None})
     store.update("r1", state="queued", backend="slurm", job_id=job)
     return store, "r1"
 

@@ -14,7 +14,8 @@ import time
 import pytest
 import yaml
 
-from harness.store import Store, load_spec, owner
+from harness.store import LostClaim, Store, load_spec, owner, process_start
+from protoseg.io import atomic_write_json
 
 SPEC = {"model": {"head": "parametric"}, "train": {"iterations": 3}}
 
@@ -131,14 +132,25 @@ def test_claim_of_a_dead_pid_on_another_host_waits_for_the_heartbeat(store):
     assert store.claim_info("r")["host"] == socket.gethostname()
 
 
-def test_claim_with_a_stale_heartbeat_is_taken_over_even_if_the_pid_lives(store):
+def test_a_live_process_on_this_host_keeps_its_claim_whatever_its_heartbeat(store):
+    """A stopped process (Ctrl-Z, SIGSTOP, a suspended machine) has an old heartbeat but is alive:
+    taking its run over would make two trainers of one run folder."""
     store.prepare("r", SPEC, {})
-    live_other = {"host": socket.gethostname(), "pid": os.getppid(), "time": time.time()}
-    assert store.claim("r", live_other)
-    claim = store.run_dir("r") / "claim"
-    age(claim, 30)
-    assert not store.claim("r", owner(), stale_after=60)  # 30 s old: still fresh
-    age(claim, 90)
+    parent = os.getppid()
+    assert store.claim("r", {"host": socket.gethostname(), "pid": parent, "started": process_start(parent),
+                             "token": "theirs"})
+    age(store.run_dir("r") / "claim", 10_000)
+    assert store.state("r", stale_after=60) == "running"
+    assert not store.claim("r", owner(), stale_after=60)
+    assert store.claim_info("r")["token"] == "theirs"
+
+
+def test_a_reused_pid_does_not_keep_a_dead_owners_claim(store):
+    """The claim names its process by pid and start time: another process given the same pid later
+    is not the owner."""
+    store.prepare("r", SPEC, {})
+    parent = os.getppid()
+    assert store.claim("r", {"host": socket.gethostname(), "pid": parent, "started": process_start(parent) - 1})
     assert store.state("r", stale_after=60) == "crashed"
     assert store.claim("r", owner(), stale_after=60)
     assert store.claim_info("r")["pid"] == os.getpid()
@@ -181,11 +193,57 @@ def test_release_frees_the_claim(store):
 
 def test_retake_hands_the_claim_to_another_process(store):
     store.prepare("r", SPEC, {})
-    assert store.claim("r", owner(backend="local"))
+    harness = owner(backend="local")
+    assert store.claim("r", harness)
     worker = {"host": socket.gethostname(), "pid": os.getppid(), "backend": "local"}
-    store.retake("r", worker)
-    assert store.claim_info("r") == worker
+    store.retake("r", worker, harness["token"])
+    assert store.claim_info("r") == {**worker, "token": harness["token"]}  # handed on, not taken over
     assert not store.claim("r", owner())  # still held, by the new owner
+
+
+# ---- fencing -----------------------------------------------------------------------------
+
+@pytest.fixture
+def taken_over(store):
+    """A run claimed by `first`, whose claim was then taken over by another owner (as a harness on
+    another host does once first's heartbeat is stale): (first's token, the new claim's content)."""
+    store.prepare("r", SPEC, {})
+    first = owner(backend="local")
+    assert store.claim("r", first)
+    store.update("r", first["token"], state="running", attempts=1)
+    second = {**owner(backend="local"), "host": "another-node"}
+    (store.run_dir("r") / "claim").write_text(json.dumps(second))
+    return first["token"], second
+
+
+def test_a_former_owner_writes_nothing_after_a_takeover(store, taken_over):
+    token, second = taken_over
+    status = (store.run_dir("r") / "status.json").read_bytes()
+    with pytest.raises(LostClaim):
+        store.update("r", token, state="done")
+    with pytest.raises(LostClaim):
+        store.write_error("r", "E: x", "trace", token)
+    with pytest.raises(LostClaim):
+        store.retake("r", owner(backend="local"), token)
+    with pytest.raises(LostClaim):
+        atomic_write_json(store.run_dir("r") / "metrics.json", {"mIoU": 1.0}, store.guard("r", token))
+    claim = store.run_dir("r") / "claim"
+    age(claim, 50)
+    assert not store.heartbeat("r", token)  # the heartbeat says it lost, and touches nothing
+    assert time.time() - claim.stat().st_mtime > 40
+    store.release("r", token)  # never another owner's claim
+    assert store.claim_info("r") == second
+    assert (store.run_dir("r") / "status.json").read_bytes() == status
+    assert sorted(os.listdir(store.run_dir("r"))) == [".lock", "claim", "spec.yaml", "status.json"]
+
+
+def test_the_owner_with_the_token_writes(store, taken_over):
+    _, second = taken_over
+    assert store.heartbeat("r", second["token"])
+    store.update("r", second["token"], state="running", attempts=2)
+    assert store.status("r")["attempts"] == 2
+    store.release("r", second["token"])
+    assert store.claim_info("r") is None
 
 
 # ---- derived state ------------------------------------------------------------------------
@@ -262,10 +320,10 @@ def test_rows_give_derived_state_and_progress(store):
     (store.run_dir("a") / "metrics.json").write_text('{"mIoU": 50.0}')
     store.update("b", state="running")
     assert store.claim("b", owner())
-    (store.run_dir("b") / "progress.json").write_text(json.dumps({"iteration": 2, "iterations": 3}))
+    (store.run_dir("b") / "progress.json").write_text(json.dumps({"iteration": 2, "iterations": 3, "loss": 0.5}))
     rows = {row["run_id"]: row for row in store.rows()}
     assert {rid: row["state"] for rid, row in rows.items()} == {"a": "done", "b": "running", "c": "pending"}
-    assert rows["b"]["progress"] == {"iteration": 2, "iterations": 3}
+    assert rows["b"]["progress"] == {"iteration": 2, "iterations": 3, "loss": 0.5}
     assert rows["c"]["settings"] == {"rid": "c"}
 
 
@@ -275,12 +333,13 @@ def test_no_temporary_files_are_left(store):
     store.dir.mkdir(parents=True)
     store.record_sweep("x.yaml", None, {}, ["r"])
     store.prepare("r", SPEC, {})
-    store.claim("r", owner())
-    store.retake("r", owner(backend="local"))
-    store.update("r", state="running")
-    store.heartbeat("r")
-    store.write_error("r", "E: x", "trace")
-    store.release("r")
+    who = owner()
+    store.claim("r", who)
+    store.retake("r", owner(backend="local"), who["token"])
+    store.update("r", who["token"], state="running")
+    store.heartbeat("r", who["token"])
+    store.write_error("r", "E: x", "trace", who["token"])
+    store.release("r", who["token"])
     assert tmp_files(store.dir) == []
     assert sorted(os.listdir(store.run_dir("r"))) == [".lock", "error.txt", "spec.yaml", "status.json"]
 
