@@ -40,8 +40,8 @@ def test_up_sbatch_sacct_down(folder):
         env = {**os.environ, "SLURM_CONF": f"{folder}/slurm.conf"}
         again = cli("up", folder, env=env)
         assert again.returncode == 0 and "already up" in again.stderr and again.stdout == up.stdout
-        job = subprocess.run(["sbatch", "--parsable", "--wrap", "true"], env=env, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        sbatch = ["sbatch", "--parsable", "--output", f"{folder}/job-%j.out", "--wrap", "true"]  # not into the cwd
+        job = subprocess.run(sbatch, env=env, capture_output=True, text=True, check=True).stdout.strip()
         deadline = time.time() + 60
         while True:
             state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], env=env, capture_output=True,
