@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,20 @@ def harness_command(*args, results: Path) -> list[str]:
 def run_harness(*args, results: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(harness_command(*args, results=results), cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+def start_harness(path: Path, results: Path, *extra) -> subprocess.Popen:
+    """`harness run PATH` in the background, in its own process group as a shell job is."""
+    return subprocess.Popen(harness_command("run", path, *extra, results=results), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 @pytest.fixture

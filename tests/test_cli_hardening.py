@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, harness_command, run_harness, tiny_experiment
+from conftest import run_harness, start_harness, tiny_experiment, wait_for
 from harness import cli
 from harness.store import Store
 
@@ -24,19 +23,6 @@ TIMEOUT = 240
 def experiment(folder: Path, name: str = "hard", axes=None, iterations: int = 2, **train) -> Path:
     axes = axes if axes is not None else {"model.head": ["parametric", "nonparametric"]}
     return tiny_experiment(folder, name, axes, None, iterations, {"backend": "local", "jobs": 1}, **train)
-
-
-def start(path: Path, results: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen(harness_command("run", path, *extra, results=results), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def progress(store: Store) -> int:
@@ -192,7 +178,7 @@ def test_corrupt_metrics_and_status_files_are_shown_and_the_run_is_evaluated_aga
 @pytest.mark.slow
 def test_a_killed_worker_is_crashed_and_the_harness_exits_1(tmp_path):
     results = tmp_path / "results"
-    proc = start(experiment(tmp_path, axes={"model.head": ["parametric"]}, iterations=2000,
+    proc = start_harness(experiment(tmp_path, axes={"model.head": ["parametric"]}, iterations=2000,
                             checkpoint_interval=1000), results)
     store = Store(results, "hard")
     wait_for(lambda: progress(store) >= 1, 120, "the first iterations")
@@ -208,7 +194,7 @@ def test_a_killed_worker_is_crashed_and_the_harness_exits_1(tmp_path):
 def test_sigterm_and_sighup_checkpoint_the_running_runs(tmp_path, sig):
     results = tmp_path / "results"
     path = experiment(tmp_path, axes={"model.head": ["parametric"]}, iterations=2000, checkpoint_interval=1000)
-    proc = start(path, results)
+    proc = start_harness(path, results)
     store = Store(results, "hard")
     wait_for(lambda: progress(store) >= 3, 120, "the first iterations")
     if sig == signal.SIGHUP:

@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, harness_command, run_harness, tiny_experiment, tiny_spec
+from conftest import run_harness, start_harness, tiny_experiment, tiny_spec, wait_for
 from harness import cli, matrix
 from harness.store import Store
 from protoseg import engine
@@ -28,19 +27,6 @@ def experiment(folder: Path, axes=None, iterations: int = 2, executor=None, **tr
     axes = axes if axes is not None else {"model.head": ["parametric"]}
     return tiny_experiment(folder, "faults", axes, None, iterations, executor or {"backend": "local", "jobs": 1},
                            **train)
-
-
-def start(path: Path, results: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen(harness_command("run", path, *extra, results=results), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            start_new_session=True)  # its own process group, as a shell job is
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def iteration(run_dir: Path) -> int:
@@ -73,7 +59,7 @@ def test_a_stopped_harness_keeps_its_run_and_a_second_harness_leaves_it(tmp_path
     rid, results = only_run(path), tmp_path / "results"
     run_dir = results / "faults" / rid
 
-    first = start(path, results)
+    first = start_harness(path, results)
     wait_for(lambda: iteration(run_dir) >= 3, 120, "the first iterations")
     os.killpg(first.pid, signal.SIGSTOP)
     try:
@@ -104,7 +90,7 @@ def test_a_worker_whose_run_was_taken_over_stops_and_writes_nothing(tmp_path):
     rid, results = only_run(path), tmp_path / "results"
     store = Store(results, "faults")
     run_dir = store.run_dir(rid)
-    first = start(path, results)
+    first = start_harness(path, results)
     wait_for(lambda: iteration(run_dir) >= 3, 120, "the first iterations")
 
     remote = {"host": "another-node", "pid": 4242, "backend": "local", "token": "the-new-owner's"}
@@ -248,7 +234,7 @@ def test_sigterm_after_the_forkserver_died_still_checkpoints_the_running_run(tmp
     path = experiment(tmp_path, iterations=5000, checkpoint_interval=1000)
     rid, results = only_run(path), tmp_path / "results"
     store = Store(results, "faults")
-    proc = start(path, results)
+    proc = start_harness(path, results)
     wait_for(lambda: iteration(store.run_dir(rid)) >= 3, 120, "the first iterations")
     worker = store.status(rid)["pid"]
     forkserver = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
