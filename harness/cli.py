@@ -518,8 +518,9 @@ def main(argv=None) -> int:
               f"or choose another --results folder", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT) and err.filename:  # the disk, not a bug
-            print(f"error: {err.filename}: {err.strerror}; nothing finished is lost. Free space or choose a "
+        if err.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):  # the disk, not a bug
+            where = f"{err.filename}: " if err.filename else f"{args.results}: "  # a write() names no file
+            print(f"error: {where}{err.strerror}; nothing finished is lost. Free space or choose a "
                   f"--results folder you can write", file=sys.stderr)
             return 2
         return _internal_error()

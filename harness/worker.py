@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import logging
 import signal
 import sys
 import threading
@@ -94,7 +95,12 @@ def _execute(store: Store, rid: str, who: dict, token: str, stop: threading.Even
 
     def beat():
         while not beating.wait(HEARTBEAT_S):
-            if not store.heartbeat(rid, token):
+            try:
+                held = store.heartbeat(rid, token)
+            except Exception as err:  # a passing filesystem error (ESTALE, EIO) must not end the heartbeat
+                logging.getLogger(__name__).warning("heartbeat of %s failed, trying again: %s", rid, err)
+                continue
+            if not held:
                 lost.set()
                 return
 

@@ -148,6 +148,8 @@ class _RunLog(logging.FileHandler):
                 super().emit(record)
         except LostClaim:
             pass
+        except Exception:  # a log line never stops training
+            self.handleError(record)
 
 
 def _attach_log(run_dir: Path, guard) -> logging.Handler:
@@ -384,6 +386,9 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         "threads": torch.get_num_threads(),
         "world_size": world,
     }
+    if metrics["mIoU"] is None:  # written as done, such a run would be redone and fail the same forever
+        raise ValueError(f"no pixel of the '{dcfg['val_split']}' split has a class label (all 255, ignored?): "
+                         f"its mIoU is undefined; check its label files")
     if main:
         _save_predictions(model, val_set, spec, device, run_dir, guard)
         atomic_write_json(run_dir / "metrics.json", metrics, guard)

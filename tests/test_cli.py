@@ -270,13 +270,13 @@ def test_a_failing_cell_is_recorded_and_the_others_complete(tmp_path):
 def test_local_backend_reports_a_run_started_elsewhere(tmp_path):
     """A run whose claim is held by a live process is not started."""
     from harness.backends import local
-    from harness.store import owner
+    from harness.store import owner, process_start
 
     sweep = matrix.expand_doc({"sweep": "held", "base": tiny_spec()}, "held.yaml")
     store = Store(tmp_path, "held")
     spec = sweep.runs[0]
     store.prepare(spec.run_id, spec.spec, spec.settings)
-    other = {**owner(), "pid": os.getppid()}
+    other = {**owner(), "pid": os.getppid(), "started": process_start(os.getppid())}
     assert store.claim(spec.run_id, other)
     final = local.run(store, [spec], {"jobs": 1, "stale_after": 120}, progress=False)
     assert final == {spec.run_id: "running elsewhere"}

@@ -301,6 +301,29 @@ def test_a_read_only_results_folder_exits_2_naming_the_folder(tmp_path, monkeypa
     assert "flock" not in err[0]
 
 
+def test_a_disk_that_fills_during_a_write_exits_2(tmp_path, monkeypatch, capsys):
+    """ENOSPC from write/fsync names no file: still one line naming the results folder, not exit 4."""
+    path, results = experiment(tmp_path), tmp_path / "results"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    code = cli.main(["run", str(path), "--results", str(results)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "No space left" in err[0] and str(results) in err[0], err
+
+
+def test_a_validation_split_without_a_labelled_pixel_fails_the_run_not_loops(tmp_path, monkeypatch):
+    """mIoU undefined (every val pixel ignored): the run fails saying so; it is not written as done,
+    which would make it corrupt and redone forever."""
+    real = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: {**real(*a, **k), "mIoU": None})
+    with pytest.raises(ValueError, match="has a class label"):
+        engine.run(tiny_spec(train={"iterations": 1}), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
 # ---- 7. planning limits ---------------------------------------------------------------------
 
 def test_a_matrix_too_big_is_refused_from_its_axes_before_expansion(tmp_path):

@@ -163,7 +163,7 @@ def test_datasets_the_paper_lacks_say_so_and_the_official_code_is_a_footnote(tmp
     assert all(r["COCO-Stuff-10k"] for r in rows)  # ours is there
     assert "(COCO-Stuff-10k: test)" in text  # its val split is named test
     hrnet = {e["head"]: e["mIoU"] for e in CODE}
-    assert f"code = the official ProtoSeg code release's README" in text
+    assert "code = the official ProtoSeg code release's README" in text
     assert f"HRNet / HRNetV2-W48 on Cityscapes {hrnet['parametric']:.1f}" in text
     assert f"Ours / HRNetV2-W48 on Cityscapes {hrnet['nonparametric']:.1f}" in text
 

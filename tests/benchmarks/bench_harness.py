@@ -335,7 +335,6 @@ def bench_plan(args, workdir: Path) -> None:
         from harness import matrix
 
         profile(lambda: matrix.load(experiment), "matrix.load")
-    first = next(iter(axes))
     only = ",".join(f"{name}={values[1]}" for name, values in axes.items())
     t_only = time_once(lambda: cli("run", experiment, "--only", only, results=results))
     folders = [p for p in (results / "huge").iterdir() if p.is_dir() and not p.name.startswith(".")]
