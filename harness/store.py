@@ -223,7 +223,7 @@ class Store:
         """The symbolic links where the harness would write for these runs: the sweep folder, its
         working folders, the run folders and what is opened in them in place. Anyone in a group can
         plant one in a shared results folder, so a link there is refused, never followed (the results
-        root itself may be a link: the user names it)."""
+        root itself may be a link only with `--linked-results`: harness.cli checks it)."""
         places = [self.dir, *(self.dir / name for name in SWEEP_FOLDERS)]
         board = self.dir / ".tensorboard"
         if board.is_dir() and not board.is_symlink():

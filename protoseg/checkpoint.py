@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_torch_save, refuse_link
+from .io import Guard, atomic_torch_save, refuse_link
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^iter_(\d{8})\.pt$")
@@ -46,17 +46,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, iteration: int, state: dict, keep: int, guard=None) -> Path:
+def save(run_dir: Path, iteration: int, state: dict, keep: int, guard: Guard = contextlib.nullcontext) -> Path:
     """Write checkpoint `iteration` and remove all but the newest `keep`; each change to the folder
     happens inside `guard()` (io.atomic_write_bytes)."""
     path = Path(run_dir) / "checkpoints" / f"iter_{iteration:08d}.pt"
     refuse_link(path.parent, "checkpoints folder")
-    with guard() if guard else contextlib.nullcontext():
+    with guard():
         for partial in path.parent.glob(".iter_*.tmp"):  # left by a process killed mid-save
             partial.unlink(missing_ok=True)
     atomic_torch_save(path, {**state, "iteration": iteration, "rng": rng_state()}, guard)
     # one numbered past this is a file that did not load (corrupt, or planted): it never displaces ours
-    with guard() if guard else contextlib.nullcontext():
+    with guard():
         for old in [old for it, old in _checkpoints(run_dir) if it <= iteration][max(keep, 1):]:
             old.unlink(missing_ok=True)
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import contextlib
 import io
 import logging
 import math
@@ -22,7 +23,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .board import Board
 from .data import build_dataset
 from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
-from .io import (LostClaim, atomic_write_bytes, atomic_write_json, atomic_write_yaml, open_append, read_yaml,
+from .io import (Guard, LostClaim, atomic_write_bytes, atomic_write_json, atomic_write_yaml, open_append, read_yaml,
                  refuse_link)
 from .losses import total_loss
 from .models import build_model
@@ -141,8 +142,6 @@ class _RunLog(logging.FileHandler):
         return open_append(self.baseFilename)
 
     def emit(self, record):
-        if self.guard is None:
-            return super().emit(record)
         try:
             with self.guard():
                 super().emit(record)
@@ -177,7 +176,7 @@ def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, guard, 
 
 
 def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
-        board_dir: str | Path | None = None, guard: Callable[[], ContextManager] | None = None) -> dict:
+        board_dir: str | Path | None = None, guard: Guard = contextlib.nullcontext) -> dict:
     """Train, evaluate and write `run_dir/metrics.json`; return the metrics. TensorBoard event files go
     to `board_dir` (default `run_dir/tensorboard`).
 
@@ -364,6 +363,9 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     if board is not None:
         board.evaluation(iterations, result)
         board.close()
+    if result["mIoU"] is None:  # written as done, such a run would be redone and fail the same forever
+        raise ValueError(f"no pixel of the '{dcfg['val_split']}' split has a class label (all 255, ignored?): "
+                         f"its mIoU is undefined; check its label files")
     size = tuple(spec["eval"]["complexity_size"])
     metrics = {
         **result,
@@ -386,9 +388,6 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         "threads": torch.get_num_threads(),
         "world_size": world,
     }
-    if metrics["mIoU"] is None:  # written as done, such a run would be redone and fail the same forever
-        raise ValueError(f"no pixel of the '{dcfg['val_split']}' split has a class label (all 255, ignored?): "
-                         f"its mIoU is undefined; check its label files")
     if main:
         _save_predictions(model, val_set, spec, device, run_dir, guard)
         atomic_write_json(run_dir / "metrics.json", metrics, guard)

@@ -56,7 +56,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, guard: Callable[[], ContextManager] | None = None) -> None:
+Guard = Callable[[], ContextManager]  # a write happens inside guard(): the harness's fencing check
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, guard: Guard = contextlib.nullcontext) -> None:
     """`data` to `path` at once or not at all; the rename happens inside `guard()` (a fencing check
     that raises LostClaim when the writer lost the folder)."""
     path = Path(path)
@@ -68,26 +71,26 @@ def atomic_write_bytes(path: str | Path, data: bytes, guard: Callable[[], Contex
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        with guard() if guard else contextlib.nullcontext():
+        with guard():
             os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: str | Path, text: str, guard=None) -> None:
+def atomic_write_text(path: str | Path, text: str, guard: Guard = contextlib.nullcontext) -> None:
     atomic_write_bytes(path, text.encode(), guard)
 
 
-def atomic_write_json(path: str | Path, obj, guard=None) -> None:
+def atomic_write_json(path: str | Path, obj, guard: Guard = contextlib.nullcontext) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", guard)
 
 
-def atomic_write_yaml(path: str | Path, obj, guard=None) -> None:
+def atomic_write_yaml(path: str | Path, obj, guard: Guard = contextlib.nullcontext) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False), guard)
 
 
-def atomic_torch_save(path: str | Path, obj, guard=None) -> None:
+def atomic_torch_save(path: str | Path, obj, guard: Guard = contextlib.nullcontext) -> None:
     import io
 
     import torch
