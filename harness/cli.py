@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import contextlib
 import errno
 import os
@@ -17,7 +18,8 @@ from protoseg.io import LinkRefused, load_yaml, read_yaml
 
 from . import backends, smoke
 from .matrix import MAX_CELLS, MatrixError, settings_text
-from .store import SWEEP_NAME, Store, StoreError, check_locking
+from .selection import Selection, SelectionError, StoredRun, one_run
+from .store import SWEEP_NAME, Store, StoreError, check_locking, load_spec
 
 
 def _sweep_name(target: str) -> str:
@@ -44,34 +46,19 @@ def _sweeps(results: Path, target: str | None) -> list[Store]:
             if p.is_dir() and SWEEP_NAME.match(p.name) and p.name != "paper" and (p / "sweep.json").exists()]
 
 
-def _selector(only: str | None):
-    """--only 'model.head=parametric,train.seed=0' (or preset=NAME) or a run id prefix -> a test of a RunSpec."""
-    if not only:
-        return lambda run: True
-    prefixes, wanted = [], []
-    for term in only.split(","):
-        key, sep, value = term.partition("=")
-        if sep:
-            wanted.append((config.new_name(key.strip(), "--only"), load_yaml(value)))
-        else:
-            prefixes.append(term.strip())
-
-    def select(run) -> bool:
-        if not all(run.run_id.startswith(prefix) for prefix in prefixes):
-            return False
-        for key, value in wanted:
-            if key == "preset":  # a matrix axis, not a spec path
-                if run.settings.get("preset") != value:
-                    return False
-                continue
-            try:
-                if run.value(key) != value:
-                    return False
-            except KeyError:
-                raise MatrixError(f"--only {only!r}: unknown spec path '{key}'") from None
-        return True
-
-    return select
+def _stored_runs(store: Store, rows: list[dict], select: Selection) -> list[dict]:
+    """The rows whose run the selection keeps (each run's spec.yaml read only when there is a selection)."""
+    if not select:
+        return rows
+    kept = []
+    for row in rows:
+        try:
+            spec = load_spec(store.run_dir(row["run_id"]))
+        except StoreError:
+            continue  # no readable spec: it cannot be said to match
+        if select(StoredRun(row["run_id"], spec or {}, row.get("settings"))):
+            kept.append(row)
+    return kept
 
 
 def _plan(store: Store, runs, args, stale_after) -> list[tuple[object, str]]:
@@ -108,17 +95,18 @@ def cmd_run(args) -> int:
     name = _sweep_name(args.file)
     store = Store(args.results, smoke.name(name) if args.smoke else name)
     planned_at = store.spec_version()
-    sweep = matrix.load(args.file, overrides, args.profile, select=_selector(args.only), spec_version=planned_at,
+    select = Selection(args.only)
+    sweep = matrix.load(args.file, overrides, args.profile, select=select, spec_version=planned_at,
                         smoke_results=args.results if args.smoke else None, max_cells=args.max_cells)
     runs = sweep.runs
     if not runs:
-        raise MatrixError(f"{args.file}: --only {args.only!r} matches none of its {sweep.cells} cells; nothing done")
+        raise MatrixError(f"{args.file}: {select.text} matches none of its {sweep.cells} cells; nothing done")
     if not args.dry_run:
         _refuse_linked_root(args)
     if args.smoke and not args.dry_run:
         smoke.write_data(args.results, {run.value("data.dataset") for run in runs})
     if not (args.smoke and args.dry_run):  # a smoke dry run writes no fixture to check
-        for warning in matrix.check_data_roots(sweep, args.dry_run):
+        for warning in matrix.check_inputs(sweep, args.dry_run):
             print(f"warning: {warning}", file=sys.stderr)
     stale_after = sweep.executor["stale_after"]
     plan = _plan(store, runs, args, stale_after)
@@ -215,10 +203,24 @@ def _signals_interrupt(received: list[int]):
             signal.signal(sig, handler)
 
 
-def _status_lines(store: Store, stale_after: float) -> list[str]:
-    rows = sorted(store.rows(stale_after), key=lambda r: settings_text(r.get("settings", {})))
+def _status_lines(store: Store, stale_after: float, select: Selection, sweep=None) -> list[str]:
+    """One line per run of the store (the selected ones), and, given the experiment (`sweep`), one per
+    cell not yet created; then the counts."""
+    rows = store.rows(stale_after)
+    if sweep is not None:
+        planned = {run.run_id: run for run in sweep.runs}
+        for row in rows:  # the experiment's axes name a run better than the spec fields that vary
+            if row["run_id"] in planned:
+                row["settings"] = planned[row["run_id"]].settings
+        existing = {row["run_id"] for row in rows}
+        new = [{"run_id": run.run_id, "settings": run.settings, "state": "new"}
+               for run in sweep.runs if run.run_id not in existing]
+        rows = _stored_runs(store, rows, select) + new  # sweep.runs holds only the selected cells already
+    else:
+        rows = _stored_runs(store, rows, select)
+    rows.sort(key=lambda r: settings_text(r.get("settings", {})))
     width = max((len(settings_text(r.get("settings", {}))) for r in rows), default=0)
-    lines = [f"sweep {store.sweep} ({store.dir})"]
+    lines = [f"sweep {store.sweep} ({store.dir}){' ' + select.text if select else ''}"]
     counts: dict[str, int] = {}
     for row in rows:
         state = row["state"]
@@ -227,10 +229,14 @@ def _status_lines(store: Store, stale_after: float) -> list[str]:
         if state == "running" and row.get("progress"):
             p = row["progress"]
             progress = f"{p['iteration']}/{p['iterations']}"
+            if p.get("phase") not in (None, "training"):  # after the last iteration: what takes the time now
+                progress += f" {p['phase']}"
         miou = f"mIoU {row['mIoU']:.2f}" if state == "done" and row.get("mIoU") is not None else ""
         error = (row.get("error") or "")[:80] if state in ("failed", "crashed", "cancelled") else ""
         if state == "corrupt":
             error = f"corrupt {_corrupt_text(store, row['run_id'])}: `harness run` redoes it"
+        if state == "new":
+            error = "not created yet: `harness run` starts it"
         job = f"job {row['job_id']}" if row.get("job_id") and state != "done" else ""
         if row.get("log") and state != "done":
             job += f" log {_short(row['log'])}"
@@ -256,17 +262,14 @@ def _short(path: str) -> str:
 def cmd_cancel(args) -> int:
     from .backends import BackendUnavailable
     from .cancel import cancel
-    from .matrix import RunSpec
-    from .store import ACTIVE, load_spec
+    from .store import ACTIVE
 
     _refuse_linked_root(args)
-    cancelled = 0
+    cancelled, select = 0, Selection(args.only)
     for store in _sweeps(args.results, args.target):
-        rows = [r for r in store.rows(args.stale_after) if r["state"] in ACTIVE]
-        select = _selector(args.only)
-        rows = [r for r in rows if select(RunSpec(r["run_id"], load_spec(store.run_dir(r["run_id"]))))]
+        rows = _stored_runs(store, [r for r in store.rows(args.stale_after) if r["state"] in ACTIVE], select)
         if not rows:
-            print(f"sweep {store.sweep}: nothing queued or running{' matches --only ' + args.only if args.only else ''}")
+            print(f"sweep {store.sweep}: nothing queued or running{' matches ' + select.text if select else ''}")
             continue
         print(f"sweep {store.sweep}: cancelling {len(rows)} run(s) (waiting up to {args.grace:.0f} s for checkpoints)")
         try:
@@ -292,25 +295,44 @@ def _positive(text: str) -> int:
 def cmd_estimate(args) -> int:
     from . import estimate, matrix
 
-    sweep = matrix.load(args.file, matrix.parse_overrides(args.set), args.profile, select=_selector(args.only))
+    select = Selection(args.only)
+    sweep = matrix.load(args.file, matrix.parse_overrides(args.set), args.profile, select=select)
     if not sweep.runs:
-        raise MatrixError(f"{args.file}: --only {args.only!r} matches none of its {sweep.cells} cells")
+        raise MatrixError(f"{args.file}: {select.text} matches none of its {sweep.cells} cells")
     if not 0 < args.crop_scale <= 1:
         raise MatrixError(f"--crop-scale {args.crop_scale} is not valid; valid: a number in (0, 1]")
+    store = Store(args.results, sweep.name)
+    done = [] if args.all else [run for run in sweep.runs if store.is_done(run.run_id)]
+    if done:
+        sweep.runs = [run for run in sweep.runs if run not in done]
+        print(f"{len(done)} cell(s) done in {store.dir}: left out (--all to estimate them too)")
+    if not sweep.runs:
+        print("nothing left to run")
+        return 0
     rows = estimate.estimate(sweep, args.steps, args.iterations, args.batch, args.crop_scale)
     from protoseg.engine import pick_device
 
-    print(estimate.render(rows, str(pick_device(sweep.runs[0].value("train.device")))))
+    print(estimate.render(rows, str(pick_device(sweep.runs[0].value("train.device"))),
+                          estimate.parallelism(sweep.executor, len(sweep.runs))))
     return 1 if any(r["error"] for r in rows) else 0
 
 
 def cmd_status(args) -> int:
-    stores = _sweeps(args.results, args.target)
+    select = Selection(args.only)
+    sweep = None
+    if Path(args.target or "").suffix in (".yaml", ".yml"):  # the experiment: its cells not yet created too
+        from . import matrix
+
+        store = Store(args.results, _sweep_name(args.target))
+        sweep = matrix.load(args.target, spec_version=store.spec_version(), select=select)
+        stores = [store]
+    else:
+        stores = _sweeps(args.results, args.target)
     if not stores:
         print(f"no sweeps under {args.results}")
         return 0
     while True:
-        text = "\n".join(line for s in stores for line in _status_lines(s, args.stale_after))
+        text = "\n".join(line for s in stores for line in _status_lines(s, args.stale_after, select, sweep))
         if not args.watch:
             print(text)
             return 0
@@ -320,24 +342,53 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import pandas as pd
+
     from . import report
 
     if args.layout == "paper" and args.format == "csv":
         print("error: --layout paper writes md or latex; --format csv writes the runs' aggregate (--layout runs)",
               file=sys.stderr)
         return 2
-    stores = _sweeps(args.results, args.target)
-    frame = report.load_runs([s.dir for s in stores])
-    if frame.empty:
-        print("no finished runs (no metrics.json) to report", file=sys.stderr)
-        return 1
-    if args.layout == "paper":
-        from . import paper_layout
+    select = Selection(args.only)
+    planned = None
+    if Path(args.target or "").suffix in (".yaml", ".yml"):  # its cells not created yet count as missing
+        from . import matrix
 
-        text = paper_layout.render(frame, args.format)
+        planned = matrix.load(args.target, spec_version=Store(args.results, _sweep_name(args.target)).spec_version(),
+                              select=select)
+    stores = _sweeps(args.results, args.target)
+    sections, tables = [], []  # each sweep on its own: a smoke sweep never beside a real one
+    for store in stores:
+        frame = _report_frame(store, select, planned)
+        finished = frame[frame["mIoU"].notna()] if "mIoU" in frame else frame.iloc[:0]
+        if finished.empty:
+            continue
+        missing = _missing_text(store, frame, finished)
+        if args.layout == "paper":
+            from . import paper_layout
+
+            text = paper_layout.render(finished, args.format)
+        else:
+            agg = report.aggregate(frame)
+            tables.append(agg.assign(sweep=store.sweep))
+            text = report.render(agg, args.format, report.caption(finished, agg))
+        if missing:
+            text += f"\n% {missing}\n" if args.format == "latex" else f"\n\n{missing}\n" if args.format == "md" else ""
+            if args.format == "csv":
+                print(f"sweep {store.sweep}: {missing}", file=sys.stderr)
+        sections.append((store, finished, text))
+    if not sections:
+        print(f"no finished runs (no metrics.json) to report{' match ' + select.text if select else ''}",
+              file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        text = pd.concat(tables).to_csv(index=False)
+    elif len(sections) == 1:
+        text = sections[0][2]
     else:
-        agg = report.aggregate(frame)
-        text = report.render(agg, args.format, report.caption(frame, agg))
+        heading = "%% sweep {}\n" if args.format == "latex" else "## sweep {}\n\n"
+        text = "\n\n".join(heading.format(store.sweep) + part for store, _, part in sections)
     if args.out:
         from protoseg.io import atomic_write_text
 
@@ -348,11 +399,44 @@ def cmd_report(args) -> int:
     if args.plots:
         from . import plots
 
-        frame = report.sorted_runs(frame)
-        frame["method"] = report.method_labels(frame)
-        for path in plots.all_figures(frame, args.results.resolve(), Path(args.plots)):
-            print(f"wrote {path}")
+        for store, finished, _ in sections:
+            finished = report.sorted_runs(finished)
+            finished["method"] = report.method_labels(finished)
+            out = Path(args.plots) / (store.sweep if len(sections) > 1 else "")
+            for path in plots.all_figures(finished, args.results.resolve(), out):
+                print(f"wrote {path}")
     return 0
+
+
+def _report_frame(store: Store, select: Selection, planned=None):
+    """Every run of the sweep that the selection keeps, unfinished ones with their spec only, and the
+    experiment's cells not created yet (`planned`)."""
+    import pandas as pd
+
+    from . import report
+
+    frame = report.load_runs([store.dir], unfinished=True)
+    if select and not frame.empty:
+        rows = [{"run_id": rid} for rid in frame["run_id"]]
+        keep = {row["run_id"] for row in _stored_runs(store, rows, select)}
+        frame = frame[frame["run_id"].isin(keep)]
+    if planned is not None:
+        new = [report.spec_row(store.sweep, run.run_id, run.spec) for run in planned.runs
+               if run.run_id not in set(frame.get("run_id", []))]
+        frame = pd.concat([frame, pd.DataFrame(new)], ignore_index=True) if new else frame
+    return frame
+
+
+def _missing_text(store: Store, frame, finished) -> str:
+    """'Not finished: 2 of 6 runs (1 running, 1 not created yet): ...', or '' when every run is done."""
+    waiting = frame[~frame["run_id"].isin(set(finished["run_id"]))]
+    if waiting.empty:
+        return ""
+    states = {rid: store.state(rid) if store.run_dir(rid).is_dir() else "not created yet" for rid in waiting["run_id"]}
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(Counter(states.values()).items()))
+    ids = " ".join(sorted(states)[:12]) + (" ..." if len(states) > 12 else "")
+    return (f"Not finished: {len(waiting)} of {len(frame)} runs ({counts}), left out of the means above "
+            f"(`harness status {store.sweep}` names them): {ids}")
 
 
 def cmd_evaluate(args) -> int:
@@ -362,7 +446,7 @@ def cmd_evaluate(args) -> int:
                                                  ("eval.resize", args.resize), ("eval.scales", args.scales),
                                                  ("eval.flip", args.flip))
                  if value is not None}
-    run_dirs = _finished_runs(args.run_dir, args.results)
+    run_dirs = _finished_runs(args.run_dir, args.results, Selection(args.only))
     failed = 0
     for run_dir in run_dirs:  # one run that cannot be scored does not stop the others
         try:
@@ -377,13 +461,100 @@ def cmd_evaluate(args) -> int:
     return 2 if failed else 0
 
 
-def _finished_runs(target: Path, results: Path) -> list[Path]:
-    """A run folder, or every finished run (it has metrics.json) of a sweep given by name or folder."""
-    if (target / "metrics.json").exists() or not (target.is_dir() or (results / target).is_dir()):
-        return [target]  # evaluate_run says what is wrong with it
-    folder = target if target.is_dir() else results / target
-    runs = sorted(p.parent for p in folder.glob("*/metrics.json") if not p.parent.name.startswith("."))
-    return runs or [target]
+def _finished_runs(target: str, results: Path, select: Selection) -> list[Path]:
+    """A run (its folder, SWEEP/ID, or its id or a prefix of one under `results`), or every finished run
+    (it has metrics.json) of a sweep given by name or folder, that the selection keeps."""
+    path = Path(target)
+    if (path / "spec.yaml").is_file() or (path / "metrics.json").is_file():
+        return [path]  # evaluate_run says what is wrong with it
+    folder = path if path.is_dir() else results / target
+    if SWEEP_NAME.fullmatch(folder.name) and folder.is_dir():
+        store = Store(folder.parent, folder.name)
+        done = [{"run_id": p.parent.name} for p in folder.glob("*/metrics.json") if not p.parent.name.startswith(".")]
+        runs = [store.run_dir(row["run_id"]) for row in _stored_runs(store, done, select)]
+        if not runs:
+            raise SelectionError(f"sweep {folder} has no finished run{' that matches ' + select.text if select else ''}")
+        return sorted(runs)
+    return [one_run(results, target)]
+
+
+def _run_of(results: Path, reference: str) -> tuple[Store, str, dict]:
+    """(store, run id, its status row) of the run a reference names."""
+    folder = one_run(results, reference).resolve()
+    store = Store(folder.parent.parent, folder.parent.name)
+    row = next(r for r in store.rows() if r["run_id"] == folder.name)
+    return store, folder.name, row
+
+
+def cmd_show(args) -> int:
+    from .store import read_json
+
+    store, rid, row = _run_of(args.results, args.run)
+    folder = store.run_dir(rid)
+    metrics = read_json(folder / "metrics.json") or {}
+    spec = config.flatten(load_spec(folder) or {})
+    defaults = config.flatten(config.baseline())
+    lines = [f"run {rid} of sweep {store.sweep}: {folder}",
+             f"settings:   {settings_text(row.get('settings') or {}) or '(none recorded)'}",
+             f"state:      {row['state']}" + (f", mIoU {row['mIoU']:.2f}" if row.get("mIoU") is not None else "")
+             + (f", {row['attempts']} attempt(s)" if row.get("attempts") else "")
+             + (f", {row['backend']} job {row['job_id']}" if row.get("job_id") else "")
+             + (f" on {row['host']}" if row.get("host") else "")]
+    progress = row.get("progress") or {}
+    if progress:
+        lines.append(f"progress:   {progress['iteration']}/{progress['iterations']} {progress.get('phase') or ''}".rstrip())
+    changed = {path: value for path, value in spec.items() if defaults.get(path, object()) != value}
+    lines.append("spec (fields that differ from the defaults; spec.yaml has them all):")
+    lines += [f"  {path}: {value!r}" for path, value in changed.items()] or ["  (none)"]
+    provenance = metrics.get("provenance")
+    if provenance:
+        lines.append("provenance of the attempt that finished:")
+        lines += [f"  {key}: {value}" for key, value in _flat_items(provenance)]
+    elif metrics:
+        lines.append(f"provenance: not recorded (finished before runs kept it); torch {metrics.get('torch')}, "
+                     f"host {metrics.get('host')}, {metrics.get('threads')} thread(s)")
+    if row.get("error"):
+        lines.append(f"error:      {row['error']}")
+        if (folder / "error.txt").is_file():
+            lines.append(f"  traceback: {folder / 'error.txt'}")
+    log = folder / "train.log"
+    if log.is_file():
+        lines.append(f"train.log (last {args.lines} lines):")
+        lines += [f"  {line}" for line in tail_lines(log, args.lines)]
+    print("\n".join(lines))
+    return 0
+
+
+def tail_lines(path: Path, count: int, window: int = 65536) -> list[str]:
+    """The last `count` lines of a text file, reading at most its last `window` bytes."""
+    with open(path, "rb") as file:
+        file.seek(max(0, file.seek(0, os.SEEK_END) - window))
+        return file.read().decode("utf-8", "replace").splitlines()[-count:] if count > 0 else []
+
+
+def _flat_items(mapping: dict, prefix: str = ""):
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from _flat_items(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def cmd_diff(args) -> int:
+    (store_a, a, _), (store_b, b, _) = (_run_of(args.results, ref) for ref in args.runs)
+    defaults = config.flatten(config.baseline())
+    specs = [{**defaults, **{config.new_name(p): v for p, v in config.flatten(load_spec(s.run_dir(r)) or {}).items()}}
+             for s, r in ((store_a, a), (store_b, b))]
+    paths = [p for p in dict.fromkeys([*specs[0], *specs[1]]) if specs[0].get(p) != specs[1].get(p)]
+    names = [f"{store_a.sweep}/{a}", f"{store_b.sweep}/{b}"]
+    if not paths:
+        print(f"{names[0]} and {names[1]}: the same spec")
+        return 0
+    from tabulate import tabulate
+
+    print(tabulate([[p, repr(specs[0].get(p)), repr(specs[1].get(p))] for p in paths],
+                   headers=["spec field", *names], tablefmt="simple"))
+    return 0
 
 
 def _evaluation_lines(run_dir: Path, path: Path, metrics: dict) -> list[str]:
@@ -412,15 +583,68 @@ def _refuse_linked_root(args) -> None:
                          f"--linked-results to write through it (links inside it stay refused), or name its target")
 
 
+ONLY_HELP = ("select cells: KEY=VALUE terms, AND within one --only (apart by commas), OR across repeated "
+             "--only and between values (seed=0|1); KEY a spec path, its last part (head, seed) or preset; "
+             "id=PREFIX for run ids (see the README's 'Selecting cells')")
+EXAMPLES = {
+    "run": """examples:
+  harness run experiments/quickstart.yaml                     # every cell not done; again to resume
+  harness run experiments/table2.yaml --dry-run               # the plan: run ids, settings, what would run
+  harness run experiments/table2.yaml --smoke                 # every cell end to end on CPU in minutes
+  harness run experiments/camvid.yaml --only 'head=parametric,seed=0|1'
+  harness run experiments/table2.yaml --backend slurm --profile mycluster --set executor.jobs=8""",
+    "status": """examples:
+  harness status                                   # every sweep under results/
+  harness status experiments/camvid.yaml           # that sweep, and its cells not created yet
+  harness status camvid --only head=parametric --watch""",
+    "cancel": """examples:
+  harness cancel experiments/table2.yaml           # queued and running runs stop at a checkpoint
+  harness cancel table2 --only preset=hrnet48_cityscapes""",
+    "report": """examples:
+  harness report camvid                            # Markdown table, with how many runs each row has
+  harness report table2 --layout paper --format latex --out table2.tex
+  harness report quickstart --plots figures/       # and the figures""",
+    "estimate": """examples:
+  harness estimate experiments/camvid.yaml                     # cells not done yet, timed here
+  harness estimate experiments/table2.yaml --batch 2 --crop-scale 0.5 --profile mycluster""",
+    "evaluate": """examples:
+  harness evaluate e630d51a9ce1 --split test       # a run, by id or a prefix of one
+  harness evaluate camvid --scales 0.5 1.0 1.5 --flip  # every finished run of a sweep""",
+    "show": """examples:
+  harness show e630d5                              # settings, state, provenance, log tail, error""",
+    "diff": """examples:
+  harness diff e630d5 876c21                       # the settings that differ between two runs""",
+}
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("protoseg-harness")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    from .matrix import git_commit
+
+    commit = git_commit()
+    return f"harness {version}" + (f" (commit {commit})" if commit else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report, evaluate",
-                                     epilog=EXIT_CODES)
+    parser = argparse.ArgumentParser(prog="harness", description="ProtoSeg sweeps: run, status, cancel, report, "
+                                     "estimate, evaluate, show, diff", epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, help_text):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results/)")
         return p
+
+    def only(p, what="select cells"):
+        p.add_argument("--only", action="append", metavar="KEY=VALUE[,...]", help=ONLY_HELP.replace("select cells", what))
 
     run = add("run", "run every cell of an experiment file that is not done")
     run.add_argument("file")
@@ -430,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "crops and iterations, real architectures; into the sweep <name>-smoke")
     run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     run.add_argument("--force", action="store_true", help="rerun done cells (the old run is moved to .replaced/)")
-    run.add_argument("--only", help="key.path=value[,...] or a run id prefix")
+    only(run)
     run.add_argument("--backend", choices=backends.NAMES)
     run.add_argument("--jobs", type=int, help="runs at once (local workers, Ray concurrent trials)")
     run.add_argument("--address", help="ray backend: an existing cluster ('auto' or ray://host:port)")
@@ -446,7 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--linked-results", action="store_true", help=linked_results)
 
     status = add("status", "one line per run and a summary")
-    status.add_argument("target", nargs="?", help="experiment file or sweep name (default: all)")
+    status.add_argument("target", nargs="?", help="experiment file (its cells not created yet are listed too) or "
+                                                  "sweep name (default: every sweep)")
+    only(status, "select runs")
     status.add_argument("--watch", action="store_true")
     status.add_argument("--interval", type=float, default=2.0)
     status.add_argument("--stale-after", type=float, default=120.0)
@@ -454,15 +680,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     can = add("cancel", "stop a sweep's queued and running runs at a checkpoint (scancel on SLURM)")
     can.add_argument("target", help="experiment file or sweep name")
-    can.add_argument("--only", help="key.path=value[,...] or a run id prefix")
+    only(can, "select runs")
     can.add_argument("--grace", type=float, default=60.0,
                      help="seconds a running run gets to write its checkpoint before scancel (default 60)")
     can.add_argument("--stale-after", type=float, default=120.0)
     can.add_argument("--linked-results", action="store_true", help=linked_results)
     can.set_defaults(func=cmd_cancel)
 
-    rep = add("report", "paper-style table of a sweep")
-    rep.add_argument("target", nargs="?", help="experiment file or sweep name (default: all)")
+    rep = add("report", "paper-style table of a sweep (each sweep on its own when none is named)")
+    rep.add_argument("target", nargs="?", help="experiment file (its cells not created yet are counted as missing) "
+                                               "or sweep name (default: every sweep, one table each)")
+    only(rep, "select runs")
     rep.add_argument("--format", choices=("md", "latex", "csv"), default="md")
     rep.add_argument("--layout", choices=("runs", "paper"), default="runs",
                      help="runs: one row per backbone x method, every column (default); paper: the paper's Tables "
@@ -471,10 +699,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plots", help="also write PNG figures to this folder")
     rep.set_defaults(func=cmd_report)
 
-    est = add("estimate", "time each distinct model of an experiment here: wall time per cell, device-hours")
+    est = add("estimate", "time each distinct model of an experiment's cells not done yet: wall time per cell, "
+                          "device-hours, wall-clock at the sweep's parallelism")
     est.add_argument("file")
     est.add_argument("--profile", help="a SLURM profile (slurm/profiles/NAME.yaml): processes per run, time limit")
-    est.add_argument("--only", help="the cells to estimate, as for run")
+    only(est)
+    est.add_argument("--all", action="store_true", help="estimate done cells too")
     est.add_argument("--steps", type=_positive, default=3, help="timed training steps per distinct model (default 3)")
     est.add_argument("--iterations", type=_positive, help="estimate with this many iterations per cell instead")
     est.add_argument("--batch", type=_positive, help="time at this per-device batch and scale per image to the cell's "
@@ -486,8 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = add("evaluate", "score a finished run's (or a sweep's finished runs') final weights on a split, data "
                          "root or protocol")
-    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR",
-                    help="a finished run's folder (it has metrics.json), or a sweep (name or folder): all its finished runs")
+    ev.add_argument("run_dir", metavar="RUN",
+                    help="a finished run: its id or a prefix of one, SWEEP/ID or its folder; or a sweep (name or "
+                         "folder): all its finished runs")
+    only(ev, "select runs of a sweep")
     ev.add_argument("--split", help="split to score (default: the run's val split)")
     ev.add_argument("--root", help="data root (default: the run's data.root)")
     ev.add_argument("--mode", choices=("whole", "slide"), help="inference (default: the run's eval.mode)")
@@ -496,6 +728,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scales", type=float, nargs="+", help="multi-scale inference, e.g. 0.5 1.0 1.5")
     ev.add_argument("--flip", action=argparse.BooleanOptionalAction, help="also sum the flipped image's logits")
     ev.set_defaults(func=cmd_evaluate)
+
+    show = add("show", "one run: its settings, state, provenance (code commit, library versions), log tail, error")
+    show.add_argument("run", metavar="RUN", help="a run id or a prefix of one, SWEEP/ID or a run folder")
+    show.add_argument("--lines", type=int, default=15, help="lines of train.log to show (default 15)")
+    show.set_defaults(func=cmd_show)
+
+    diff = add("diff", "the spec fields in which two runs differ")
+    diff.add_argument("runs", nargs=2, metavar="RUN", help="a run id or a prefix of one, SWEEP/ID or a run folder")
+    diff.set_defaults(func=cmd_diff)
     return parser
 
 
@@ -510,7 +751,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (MatrixError, StoreError, LinkRefused) as err:
+    except (MatrixError, StoreError, LinkRefused, SelectionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except PermissionError as err:

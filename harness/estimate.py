@@ -107,7 +107,25 @@ def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, batch:
     return rows
 
 
-def render(rows: list[dict], device: str) -> str:
+def parallelism(executor: dict, cells: int) -> int:
+    """Runs at once: executor.jobs, else what the backend does by default (local: one per core; SLURM's
+    array and Ray: every cell at once, as far as the cluster allows)."""
+    from .backends.local import cores
+
+    default = cores() if executor.get("backend", "local") == "local" else cells
+    return max(1, min(executor.get("jobs") or default, cells))
+
+
+def wall_clock(hours: list[float], at_once: int) -> float:
+    """The sweep's wall-clock hours with `at_once` runs at a time, each next run on the first free slot
+    (longest first, as a queue that knows the lengths would do; a lower bound for any other order)."""
+    slots = [0.0] * at_once
+    for h in sorted(hours, reverse=True):
+        slots[slots.index(min(slots))] += h
+    return max(slots, default=0.0)
+
+
+def render(rows: list[dict], device: str, at_once: int = 1) -> str:
     width = max((len(r["settings"]) for r in rows), default=0)
     lines = [f"{len(rows)} cell(s), {rows[0]['models'] if rows else 0} distinct model(s), timed on {device}:"]
     scaled = sorted({r["timed"] for r in rows if r["timed"]})
@@ -126,4 +144,6 @@ def render(rows: list[dict], device: str) -> str:
     failed = sum(bool(r["error"]) for r in rows)
     lines.append(f"total: {total:.1f} device-hours (wall x processes per run); evaluation and start-up not included"
                  + (f"; {failed} cell(s) FAILED to train, left out" if failed else ""))
+    wall = wall_clock([r["wall_h"] for r in rows if not r["error"]], at_once)
+    lines.append(f"wall-clock: {wall:.2f} h with {at_once} run(s) at a time (executor.jobs), queue waits not included")
     return "\n".join(lines)

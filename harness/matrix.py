@@ -326,27 +326,39 @@ def _pin_old_defaults(base: dict, spec_version: int | None, source: str) -> dict
     return base
 
 
-def check_data_roots(sweep: Sweep, dry_run: bool = False) -> list[str]:
-    """Every selected cell's dataset folder exists (checked once per folder). In a dry run a root that
-    names an unset environment variable (data that lives on another machine) is a warning, returned."""
+def check_inputs(sweep: Sweep, dry_run: bool = False) -> list[str]:
+    """Every selected cell's dataset folder and weight file (model.pretrained) exist, each checked once,
+    before anything is queued. In a dry run a path that names an unset environment variable (data or
+    weights that live on another machine) is a warning, returned."""
     checked, warnings = set(), []
     for run in sweep.runs:
-        dataset, root = run.value("data.dataset"), run.value("data.root")
-        if dataset not in NEEDS_ROOT or root in checked:
-            continue
-        checked.add(root)
         where = f"{sweep.source}: cell {settings_text(run.settings) or run.run_id}"
-        try:
-            folder = expand_env(root)
-        except FileNotFoundError as err:
-            if dry_run:
+        dataset, root, weights = run.value("data.dataset"), run.value("data.root"), run.value("model.pretrained")
+        if dataset in NEEDS_ROOT and ("data.root", root) not in checked:
+            checked.add(("data.root", root))
+            try:
+                folder = expand_env(root)
+            except FileNotFoundError as err:
+                if not dry_run:
+                    raise MatrixError(f"{where}: {err}") from None
                 warnings.append(f"{where}: {err}")
-                continue
-            raise MatrixError(f"{where}: {err}") from None
-        if not Path(folder).is_dir():
-            shown = repr(root) if folder == root else f"{root!r} = {folder!r}"
-            raise MatrixError(f"{where}: data.root {shown} is not a folder (seen from {Path.cwd()}); "
-                              f"data.dataset {dataset!r} needs the folder that holds it")
+            else:
+                if not Path(folder).is_dir():
+                    shown = repr(root) if folder == root else f"{root!r} = {folder!r}"
+                    raise MatrixError(f"{where}: data.root {shown} is not a folder (seen from {Path.cwd()}); "
+                                      f"data.dataset {dataset!r} needs the folder that holds it")
+        if weights and ("model.pretrained", weights) not in checked:
+            checked.add(("model.pretrained", weights))
+            from protoseg.models.backbones import weight_file
+
+            try:
+                weight_file(weights)
+            except FileNotFoundError as err:
+                unset = "is not set" in str(err)
+                if dry_run and unset:
+                    warnings.append(f"{where}: {err}")
+                    continue
+                raise MatrixError(f"{where}: {err}" + ("" if unset else f" (seen from {Path.cwd()})")) from None
     return warnings
 
 

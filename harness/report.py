@@ -51,14 +51,20 @@ def _spec_columns(spec: dict, baseline: dict) -> dict:
     return {path: tuple(v) if isinstance(v, list) else v for path, v in flat.items()}  # hashable, for groupby
 
 
-def load_runs(sweep_dirs: list[Path]) -> pd.DataFrame:
+def load_runs(sweep_dirs: list[Path], unfinished: bool = False) -> pd.DataFrame:
     """One row per finished run: sweep, run_id, summary metrics and every spec field (dotted).
-    A metrics.json that does not read is left out with a warning naming it."""
+    A metrics.json that does not read is left out with a warning naming it. `unfinished`: also a row
+    (its spec fields, no metrics) per run folder without metrics.json, so a table can count it."""
     rows, baseline = [], config.flatten(config.baseline())
     for sweep_dir in sweep_dirs:
         for entry in os.scandir(sweep_dir):
             path = os.path.join(entry.path, "metrics.json")
-            if entry.name.startswith(".") or not entry.is_dir() or not os.path.exists(path):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            if not os.path.exists(path):
+                spec = os.path.join(entry.path, "spec.yaml")
+                if unfinished and os.path.exists(spec):
+                    rows.append(spec_row(Path(sweep_dir).name, entry.name, load_yaml(Path(spec).read_text()) or {}))
                 continue
             metrics, why = inspect_json(Path(path))
             if metrics is None:
@@ -70,6 +76,11 @@ def load_runs(sweep_dirs: list[Path]) -> pd.DataFrame:
                    **_eval_scores(entry.path)}
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def spec_row(sweep: str, run_id: str, spec: dict) -> dict:
+    """A row of load_runs for a run that has no metrics: its spec fields only."""
+    return {"sweep": sweep, "run_id": run_id, **_spec_columns(spec, config.flatten(config.baseline()))}
 
 
 def _eval_scores(run_dir: str) -> dict:
@@ -187,7 +198,11 @@ def aggregate(frame: pd.DataFrame, references: dict[str, list[dict]] | None = No
     frame["method"] = method_labels(frame)
     keys = ["model.backbone", "model.decoder", "method", "data.dataset"]
     grouped = frame.groupby(keys, sort=False)
-    out = grouped.agg(mIoU_mean=("mIoU", "mean"), mIoU_std=("mIoU", "std"), seeds=("mIoU", "size"),
+    if "mIoU" not in frame:  # only unfinished runs
+        frame = frame.assign(**{c: np.nan for c in ("mIoU", "params_learnable", "params_learnable_with_aux", "macs",
+                                                      "num_classes")})
+    out = grouped.agg(mIoU_mean=("mIoU", "mean"), mIoU_std=("mIoU", "std"), seeds=("mIoU", "count"),
+                      runs=("mIoU", "size"),
                       params_learnable=("params_learnable", "first"),
                       params_learnable_with_aux=("params_learnable_with_aux", "first"), macs=("macs", "first"),
                       num_classes=("num_classes", "first"), aux_head=("model.aux_head", "first"),
@@ -211,10 +226,19 @@ def reference_columns(agg: pd.DataFrame, dataset: str) -> list[str]:
     return [c for c in agg.columns if c.startswith(REFERENCE) and rows[c].notna().any()]
 
 
-def _number(value, digits=1, signed=False) -> str:
+def _number(value, digits=1, signed=False, scale=1.0) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
+    value = value * scale
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _count_text(rows: pd.DataFrame) -> str:
+    """How many runs a row's numbers are over: '3', or '1 of 3' while 2 of its runs are not finished."""
+    if rows.empty:
+        return ""
+    done, runs = int(rows.iloc[0]["seeds"]), int(rows.iloc[0]["runs"])
+    return str(done) if done == runs else f"{done} of {runs}"
 
 
 def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
@@ -230,15 +254,16 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
         first = group.iloc[0]
         row = {"Backbone": backbone + (f" + {decoder}" if decoders else ""), "Method": method}
         if not per_dataset:
-            row.update({"#Params (M)": _number(first["params_learnable"] / 1e6, 2),
-                        "GMACs": _number(first["macs"] / 1e9, 1)})
+            row.update({"n": _count_text(group), "#Params (M)": _number(first["params_learnable"], 2, scale=1e-6),
+                        "GMACs": _number(first["macs"], 1, scale=1e-9)})
         for dataset in datasets:
             cell = group[group["data.dataset"] == dataset]
             references = references_of[dataset]
             if per_dataset:  # K and the input size differ: so do the counts
-                row[f"{dataset} #Params (M)"] = "" if cell.empty else _number(cell.iloc[0]["params_learnable"] / 1e6, 2)
-                row[f"{dataset} GMACs"] = "" if cell.empty else _number(cell.iloc[0]["macs"] / 1e9, 1)
-            if cell.empty:
+                row[f"{dataset} n"] = _count_text(cell)
+                row[f"{dataset} #Params (M)"] = "" if cell.empty else _number(cell.iloc[0]["params_learnable"], 2, scale=1e-6)
+                row[f"{dataset} GMACs"] = "" if cell.empty else _number(cell.iloc[0]["macs"], 1, scale=1e-9)
+            if cell.empty or not cell.iloc[0]["seeds"]:
                 row.update({f"{dataset} mIoU": "", f"{dataset} gain": ""})
                 row.update({f"{dataset} {c.removeprefix(REFERENCE)}": "" for c in references})
                 row.update({f"{dataset} {name}": "" for name, _ in extra.values()})
@@ -320,7 +345,8 @@ def caption(frame: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
                     for dataset, size in zip(frame["data.dataset"], frame["eval.complexity_size"])})
     iters = sorted(set(frame.get("train.iterations", pd.Series(dtype=int)).dropna()))
     parts = [smoke_text(frame)] if is_smoke(frame) else []
-    parts.append(f"mIoU (%) on the val split, mean ± std over seeds where there are several; "
+    parts.append(f"mIoU (%) on the val split, mean ± std over seeds where there are several; n = finished runs "
+                 f"(seeds) in the row ('1 of 3': the mean is over the finished one only); "
                  f"gain = ProtoSeg minus the parametric head on the same backbone; "
                  f"GMACs = multiply-accumulates (the papers' \"GFLOPs\") at input {', '.join(sizes)}; "
                  f"#Params = learnable parameters.")

@@ -27,6 +27,7 @@ from protoseg import config, io
 from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml, refuse_link
 
 from . import backends
+from .identity import NOT_HASHED, PROTOTYPE_ONLY
 
 SWEEP_FOLDERS = (".tensorboard", ".complexity", ".slurm", ".ray", ".replaced", ".lock")  # the harness writes there
 RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  # opened in place, not renamed over
@@ -233,9 +234,11 @@ class Store:
         return [path for path in places if path.is_symlink()]
 
     def run_ids(self) -> list[str]:
+        """The sweep's run folders: those with a spec.yaml or a status.json (not figures/ or a user's notes)."""
         if not self.dir.is_dir():
             return []
-        return sorted(e.name for e in os.scandir(self.dir) if e.is_dir() and not e.name.startswith("."))
+        return sorted(e.name for e in os.scandir(self.dir) if e.is_dir() and not e.name.startswith(".")
+                      and any(os.path.exists(os.path.join(e.path, name)) for name in ("spec.yaml", "status.json")))
 
     def spec_version(self) -> int | None:
         """The spec version this sweep was first planned at (1 before versions were recorded); None if new."""
@@ -483,10 +486,37 @@ class Store:
                 status["state"] = self.state(rid, stale_after, status)
                 if status["state"] == "running":
                     status["progress"] = read_json(folder / "progress.json")
+                if status["state"] == "done" and status.get("mIoU") is None:  # finished before status.json was kept
+                    status["mIoU"] = (read_json(folder / "metrics.json") or {}).get("mIoU")
                 out.append(status)
         finally:
             self._asked = {}
+        unnamed = [row for row in out if not row.get("settings")]
+        if unnamed:
+            self._name_by_spec(unnamed, out)
         return out
+
+    def _name_by_spec(self, unnamed: list[dict], rows: list[dict]) -> None:
+        """Settings for runs whose status.json records none (or is missing): the spec fields that vary
+        across the sweep's runs, as `status` shows a matrix's axes."""
+        specs = {}
+        for row in rows:
+            try:
+                specs[row["run_id"]] = config.flatten(load_spec(self.run_dir(row["run_id"])) or {})
+            except StoreError:
+                specs[row["run_id"]] = {}
+        paths = dict.fromkeys(p for flat in specs.values() for p in flat if p not in NOT_HASHED)
+        values = {p: [repr(flat.get(p)) for flat in specs.values()] for p in paths}
+        shown: list[str] = []
+        for path in (p for p in paths if len(set(values[p])) > 1):
+            # a field that follows from one already shown (a backbone's weights, its iterations) says nothing new
+            if not any(len(set(zip(values[q], values[path]))) == len(set(values[q])) for q in shown):
+                shown.append(path)
+        for row in unnamed:
+            flat = specs[row["run_id"]]
+            parametric = flat.get("model.head") == "parametric"  # prototype settings mean nothing to it
+            row["settings"] = {p: flat.get(p) for p in shown
+                               if not (parametric and p.removeprefix("model.") in PROTOTYPE_ONLY)}
 
 
 def load_spec(run_dir: Path) -> dict:

@@ -102,7 +102,7 @@ def test_report_shows_evaluation_files_and_diagnostics_as_extra_columns(finished
 def test_report_of_runs_without_them_keeps_the_default_columns():
     frame = report.load_runs([FIXTURE_SWEEP])
     table = report.paper_table(report.aggregate(frame))
-    assert list(table.columns) == ["Backbone", "Method", "#Params (M)", "GMACs", "synthetic mIoU",
+    assert list(table.columns) == ["Backbone", "Method", "n", "#Params (M)", "GMACs", "synthetic mIoU",
                                    "synthetic gain"]  # no reference column: results/paper/ has none for it
 
 
