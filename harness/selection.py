@@ -30,9 +30,9 @@ class SelectionError(ValueError):
     """A selection that does not parse, or names no key; nothing was selected."""
 
 
-def _terms(text: str) -> list[str]:
-    """Split at commas and spaces outside brackets and quotes."""
-    terms, depth, quote, current = [], 0, "", ""
+def _split(text: str, apart) -> list[str]:
+    """`text` split at the characters for which `apart(char)` holds, outside brackets and quotes."""
+    parts, depth, quote, current = [], 0, "", ""
     for char in text:
         if quote:
             quote = "" if char == quote else quote
@@ -42,34 +42,24 @@ def _terms(text: str) -> list[str]:
             depth += 1
         elif char in "]}":
             depth -= 1
-        elif depth == 0 and (char == "," or char.isspace()):
-            terms.append(current)
+        elif depth == 0 and apart(char):
+            parts.append(current)
             current = ""
             continue
         current += char
     if quote or depth:
         raise SelectionError(f"--only {text!r}: an unclosed {'quote' if quote else 'bracket'}")
-    return [term for term in [*terms, current] if term]
+    return [*parts, current]
+
+
+def _terms(text: str) -> list[str]:
+    """'a=1,b=2 c=3' -> ['a=1', 'b=2', 'c=3']."""
+    return [term for term in _split(text, lambda char: char == "," or char.isspace()) if term]
 
 
 def _alternatives(value: str) -> list[str]:
-    """'0|1' -> ['0', '1']; a '|' inside brackets or quotes is part of a value."""
-    parts, depth, quote, current = [], 0, "", ""
-    for char in value:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-        elif depth == 0 and char == "|":
-            parts.append(current)
-            current = ""
-            continue
-        current += char
-    return [*parts, current]
+    """'0|1' -> ['0', '1']."""
+    return _split(value, lambda char: char == "|")
 
 
 def spec_paths(key: str) -> list[str]:
@@ -123,7 +113,7 @@ class Selection:
         for text in _terms(only):
             key, sep, value = text.partition("=")
             if sep:
-                values = [v for v in _alternatives(value)]
+                values = _alternatives(value)
                 if key.strip() == "id":
                     terms.append(Term("id", [v.strip().lower() for v in values], only))
                 else:
