@@ -11,17 +11,20 @@ an eager attention's matmuls).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import math
+import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .io import atomic_write_json
+from .io import Guard, atomic_write_json, refuse_link
 
 
 class _SegOnly(nn.Module):
@@ -72,24 +75,39 @@ def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
 _CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
+@contextlib.contextmanager
+def _checked(model: nn.Module, check: Callable[[], None] | None):
+    """`check()` before the forward of every module of `model`: an exception it raises (a stop) ends a
+    count of minutes within one module's time. Nothing when `check` is None."""
+    handles = [] if check is None else [m.register_forward_pre_hook(lambda *_: check()) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
-def count_macs_flops(model: nn.Module, size: tuple[int, int]) -> dict:
-    """MACs (mmengine) and FLOPs (torch.utils.flop_counter) of one (1, 3, H, W) image."""
+def count_macs_flops(model: nn.Module, size: tuple[int, int], check: Callable[[], None] | None = None) -> dict:
+    """MACs (mmengine) and FLOPs (torch.utils.flop_counter) of one (1, 3, H, W) image. `check` is
+    called before each module's forward (and may raise to stop the count)."""
     from mmengine.analysis import FlopAnalyzer
 
     was_training = model.training
     model.eval()
     try:
+        if check is not None:
+            check()
         device = next(model.parameters()).device
         image = torch.zeros(1, 3, *size, device=device)
         wrapped = _SegOnly(model)
         analyzer = FlopAnalyzer(wrapped, (image,))
         analyzer.set_op_handle(**{"aten::scaled_dot_product_attention": _sdpa_macs})
         analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _checked(model, check):
             macs = int(analyzer.total())
         counter = FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
-        with counter:
+        with counter, _checked(model, check):
             wrapped(image)
         flops = int(counter.get_total_flops())
     finally:
@@ -98,8 +116,8 @@ def count_macs_flops(model: nn.Module, size: tuple[int, int]) -> dict:
             "gflops_convention": "macs (mmengine: 1 multiply-add = 1 FLOP); flops = torch.utils.flop_counter (2 per multiply-add)"}
 
 
-def measure(model: nn.Module, size: tuple[int, int]) -> dict:
-    return {**count_params(model), **count_macs_flops(model, size)}
+def measure(model: nn.Module, size: tuple[int, int], check: Callable[[], None] | None = None) -> dict:
+    return {**count_params(model), **count_macs_flops(model, size, check)}
 
 
 # bumped when what is counted changes (2: attention counted, params_learnable_with_aux), so no cache holds old counts
@@ -108,22 +126,65 @@ COUNTS_VERSION = 2
 NOT_ARCHITECTURE = ("pretrained", "gamma", "update_prototypes", "update_assignment", "sinkhorn_epsilon",
                     "sinkhorn_iterations", "ppc_weight", "ppd_weight", "ppc_temperature", "class_weights",
                     "aux_weight", "drop_path", "dropout")
+# the packages that build the models (timm, transformers) and count them (torch, mmengine): another
+# version of one may build or count another graph, so their versions are part of a cache entry's key
+KEY_DISTRIBUTIONS = ("torch", "timm", "transformers", "mmengine")
+
+
+def cache_key(model_cfg: dict, num_classes: int, size: tuple[int, int]) -> str:
+    """The cache entry of an architecture: every model field but NOT_ARCHITECTURE's (the resolved spec's
+    model section, so every field is there with its value), the class count, the input size, what is
+    counted (COUNTS_VERSION) and the versions of KEY_DISTRIBUTIONS. Distinct architectures or sizes
+    never share an entry."""
+    from .provenance import version
+
+    arch = {k: v for k, v in model_cfg.items() if k not in NOT_ARCHITECTURE}
+    versions = {name: version(name) for name in KEY_DISTRIBUTIONS}
+    text = json.dumps([COUNTS_VERSION, arch, num_classes, list(size), versions], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _entry(cache: Path, model_cfg: dict, num_classes: int, size: tuple[int, int]) -> Path:
+    refuse_link(cache, "complexity cache folder")
+    return Path(cache) / f"{cache_key(model_cfg, num_classes, size)}.json"
+
+
+def lookup(model_cfg: dict, num_classes: int, size: tuple[int, int], cache: Path | None) -> dict | None:
+    """The counts `cache` holds for this architecture, class count and size; None when it holds none
+    (or a garbled entry). An entry that is a symbolic link is refused (io.LinkRefused), never read."""
+    if cache is None:
+        return None
+    path = _entry(Path(cache), model_cfg, num_classes, size)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            refuse_link(path, "complexity cache file")
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            counts = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return counts if isinstance(counts, dict) and {"macs", "flops", "params_total"} <= counts.keys() else None
 
 
 def measure_cached(model: nn.Module, model_cfg: dict, num_classes: int, size: tuple[int, int],
-                   cache: Path | None) -> dict:
-    """`measure`, remembered in `cache` (a folder) per architecture, class count and input size: counting
-    a large model at 2048x1024 costs minutes on a CPU, and a sweep has many runs of one architecture."""
-    if cache is None:
-        return measure(model, size)
-    arch = {k: v for k, v in model_cfg.items() if k not in NOT_ARCHITECTURE}
-    key = hashlib.sha1(json.dumps([COUNTS_VERSION, arch, num_classes, list(size)], sort_keys=True).encode()
-                       ).hexdigest()[:16]
-    path = Path(cache) / f"{key}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        counts = measure(model, size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, counts)
+                   cache: Path | None, guard: Guard = contextlib.nullcontext,
+                   check: Callable[[], None] | None = None) -> dict:
+    """`measure`, remembered in `cache` (a folder; the harness gives one per results folder) per
+    architecture, class count and input size (cache_key): counting a large model at 2048x1024 costs
+    minutes on a CPU, and a results folder has many runs of one architecture. The entry is written
+    atomically inside `guard()`; a cache folder or entry that is a symbolic link is refused
+    (io.LinkRefused). `check`: see count_macs_flops."""
+    counts = lookup(model_cfg, num_classes, size, cache)
+    if counts is not None:
         return counts
+    counts = measure(model, size, check)
+    if cache is not None:
+        refuse_link(cache, "complexity cache folder")
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(_entry(Path(cache), model_cfg, num_classes, size), counts, guard)
+    return counts

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, complexity, config, diagnostics, distributed
+from . import checkpoint, complexity, config, diagnostics, distributed, provenance, speed
 from .board import Board
 from .data import build_dataset
 from .data.transforms import eval_transform
@@ -41,7 +41,7 @@ from .io import (Guard, LostClaim, atomic_write_bytes, atomic_write_json, atomic
 from .losses import total_loss
 from .models import build_model
 from .optim import build_optimizer, build_scheduler
-from .speed import StepTimes, inference_fps, peak_memory
+from .speed import StepTimes, fps_budget, inference_fps, peak_memory
 
 log = logging.getLogger("protoseg")
 
@@ -121,6 +121,14 @@ def _wrap(model: torch.nn.Module, device: torch.device) -> DistributedDataParall
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **{flag: False})
 
 
+def _loader_worker_init(worker_id: int) -> None:
+    """A DataLoader worker process ignores the terminal's SIGINT and SIGHUP, which reach the whole process
+    group (Ctrl-C, a dropped ssh session): the run's own process stops the run at its next check and ends
+    its loaders; a worker killed by it would fail the run instead ("DataLoader worker exited unexpectedly")."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def _configure_torch(train_cfg: dict) -> None:
     threads = train_cfg["threads"] or os.environ.get("SLURM_CPUS_PER_TASK")
     if threads:
@@ -159,11 +167,13 @@ def _attach_log(run_dir: Path, guard) -> logging.Handler:
     return handler
 
 
-def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, guard, count: int = 4) -> None:
+def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, guard, count: int = 4,
+                      check: Callable[[], None] = lambda: None) -> None:
     """A few validation images with label and prediction, for the report's figures; spread over the split,
-    since neighbouring frames of a video dataset look alike."""
+    since neighbouring frames of a video dataset look alike. `check()` before each image (it may raise)."""
     images, labels, preds = [], [], []
     for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int).tolist():
+        check()
         image, label = dataset.load(i)
         tensor, _ = eval_transform(image, label, dataset.mean, dataset.std)
         logits = predict_logits(model.eval(), tensor[None].to(device), spec["eval"], dataset.num_classes)
@@ -181,7 +191,11 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
     to `board_dir` (default `run_dir/tensorboard`).
 
     `stop` is polled once per iteration: when it returns True a checkpoint is
-    written and `Interrupted` is raised (preemption, SIGTERM, a Tune stop).
+    written and `Interrupted` is raised (preemption, SIGTERM, a Tune stop). After the last iteration
+    (its checkpoint written) it is polled between the phases that follow training and inside them
+    (each evaluation batch, each module of the MAC count, each FPS image, each prediction image; at most
+    every STOP_POLL_S seconds), so a stop there raises `Interrupted` too and a rerun redoes only those
+    phases. progress.json's "phase" and a train.log line name each phase as it starts (PHASES).
     Started as one of WORLD_SIZE > 1 processes (torchrun, or SLURM through
     submitit), it trains with DistributedDataParallel and rank 0 alone writes.
     `guard`: a context manager each write to `run_dir` happens in (io.atomic_write_bytes); it raises
@@ -219,8 +233,10 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
         distributed.destroy()
 
 
-def _resume(run_dir: Path, stateful: dict, rank: int, world: int, seed: int) -> tuple[int, list, list, float]:
-    """Load the newest checkpoint into `stateful` and this rank's random state; (iteration, history, evals, time)."""
+def _resume(run_dir: Path, stateful: dict, rank: int, world: int,
+            seed: int) -> tuple[int, list, list, float, dict | None]:
+    """Load the newest checkpoint into `stateful` and this rank's random state; (iteration, history, evals,
+    time, the training throughput that the checkpoint's attempt measured or None)."""
     state = checkpoint.load_latest(run_dir)
     if state is not None:
         for key, obj in stateful.items():
@@ -243,8 +259,8 @@ def _resume(run_dir: Path, stateful: dict, rank: int, world: int, seed: int) -> 
         raise RuntimeError(f"{run_dir}: the ranks found different newest checkpoints (iterations {starts}); "
                            f"is {run_dir / 'checkpoints'} on a file system that every rank sees alike?")
     if state is None:
-        return 0, [], [], 0.0
-    return state["iteration"], state["history"], state["evals"], state["train_time"]
+        return 0, [], [], 0.0, None
+    return state["iteration"], state["history"], state["evals"], state["train_time"], state.get("throughput")
 
 
 def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int, board_dir: Path,
@@ -271,7 +287,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         _seed_everything(_rank_seed(tcfg["seed"], rank, 0))
 
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    start, history, evals, train_time = _resume(run_dir, stateful, rank, world, tcfg["seed"])
+    start, history, evals, train_time, throughput = _resume(run_dir, stateful, rank, world, tcfg["seed"])
+    code = provenance.provenance() if main else None  # of the code this attempt imported, read as it starts
     threads = torch.get_num_threads()  # the first attempt's, once _resume has set it
     net = _wrap(model, device) if world > 1 else model
 
@@ -280,17 +297,20 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         if main:
             checkpoint.save(run_dir, it, {
                 **{key: obj.state_dict() for key, obj in stateful.items()},
-                "history": history, "evals": evals, "train_time": train_time, "threads": threads, **rngs},
+                "history": history, "evals": evals, "train_time": train_time, "threads": threads,
+                "throughput": steps.summary(dcfg["batch_size"]) if steps.times else throughput, **rngs},
                 tcfg["keep_checkpoints"], guard)
         distributed.barrier()  # no rank goes on, or leaves on Interrupted, before the checkpoint is on disk
 
-    def run_eval() -> dict:
+    def run_eval(check: Callable[[], None] | None = None) -> dict:
         distributed.broadcast_from_main(model.buffers())  # BN statistics are rank-local (see _wrap)
-        loader = DataLoader(val_set, batch_size=dcfg["val_batch_size"], num_workers=dcfg["num_workers"])
-        return evaluate(model, loader, spec["eval"], val_set.num_classes, val_set.class_names, device)
+        loader = DataLoader(val_set, batch_size=dcfg["val_batch_size"], num_workers=dcfg["num_workers"],
+                            worker_init_fn=_loader_worker_init)
+        batches = loader if check is None else _checked(loader, check)
+        return evaluate(model, batches, spec["eval"], val_set.num_classes, val_set.class_names, device)
 
     loader = DataLoader(
-        train_set, num_workers=dcfg["num_workers"],
+        train_set, num_workers=dcfg["num_workers"], worker_init_fn=_loader_worker_init,
         batch_sampler=TrainBatches(len(train_set), dcfg["batch_size"], tcfg["seed"], start, iterations,
                                    rank, world),
         # its own generator: creating the loader must not draw from the global RNG
@@ -301,6 +321,9 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     net.train()
     steps = StepTimes()
     board = Board(board_dir, purge_step=start + 1 if start else None) if main else None
+    # progress.json's fields at the last logged iteration (from the history on a resume past the last)
+    progress = {"iteration": start, "iterations": iterations, "it_per_s": None,
+                **({"loss": history[-1]["loss"]} if history else {})}
     tick = time.perf_counter()
     for it, (images, labels) in enumerate(loader, start=start):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -335,10 +358,9 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
             if board is not None:
                 board.train(done, value, part_values, record["lr"], steps.recent(dcfg["batch_size"]))
             if main:
-                atomic_write_json(run_dir / "progress.json", {
-                    "iteration": done, "iterations": iterations, "loss": value,
-                    "it_per_s": bar.format_dict.get("rate"),
-                    "time": time.time()}, guard)
+                progress = {"iteration": done, "iterations": iterations, "loss": value,
+                            "it_per_s": bar.format_dict.get("rate"), "phase": "training"}
+                atomic_write_json(run_dir / "progress.json", {**progress, "time": time.time()}, guard)
         if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done < iterations:
             result = run_eval()
             evals.append(_eval_record(done, result))
@@ -357,29 +379,65 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
             raise Interrupted(f"{run_dir}: stopped at iteration {done}; checkpoint saved")
     bar.close()
 
-    eval_start = time.perf_counter()
-    result = run_eval()
-    eval_time = time.perf_counter() - eval_start
-    if board is not None:
-        board.evaluation(iterations, result)
-        board.close()
-    if result["mIoU"] is None:  # written as done, such a run would be redone and fail the same forever
-        raise ValueError(f"no pixel of the '{dcfg['val_split']}' split has a class label (all 255, ignored?): "
-                         f"its mIoU is undefined; check its label files")
-    size = tuple(spec["eval"]["complexity_size"])
+    after = _Phases(run_dir, guard, stop, progress if main else None)
+    try:
+        after.start("evaluating", f"the final model on the {len(val_set)} image(s) of '{dcfg['val_split']}'",
+                    every_rank=True)
+        result = run_eval(after.check)
+        if board is not None:
+            board.evaluation(iterations, result)
+        if result["mIoU"] is None:  # written as done, such a run would be redone and fail the same forever
+            raise ValueError(f"no pixel of the '{dcfg['val_split']}' split has a class label (all 255, "
+                             f"ignored?): its mIoU is undefined; check its label files")
+        counts, fps = {}, {}
+        if main:  # the other ranks wait for rank 0 in the last any_rank below
+            size = tuple(spec["eval"]["complexity_size"])
+            cache = _complexity_cache(run_dir)
+            counts = complexity.lookup(mcfg, val_set.num_classes, size, cache)
+            if counts is None:
+                after.start("counting MACs", f"and FLOPs at {size[0]}x{size[1]}"
+                            + (f" (kept for the results folder in {cache})" if cache else ""))
+                counts = complexity.measure_cached(model, mcfg, val_set.num_classes, size, cache, guard,
+                                                   after.check)
+            else:
+                log.info("MACs and FLOPs at %dx%d: from %s", *size, cache)
+            fps_s = fps_budget(spec["eval"]["fps_max_s"], train_time)
+            if spec["eval"]["fps_images"] and len(val_set):
+                after.start("timing FPS", f"at batch 1 for at most {fps_s:.1f} s (eval.fps_max_s "
+                            f"{spec['eval']['fps_max_s']:g}, {speed.FPS_TRAIN_FRACTION:g} x {train_time:.1f} s of "
+                            f"training, at least {speed.FPS_MIN_S:g} s) after {spec['eval']['fps_warmup']} untimed")
+            fps = inference_fps(model, val_set, spec["eval"], val_set.num_classes, device, fps_s, after.check)
+            after.start("saving predictions", "of a few validation images")
+            _save_predictions(model, val_set, spec, device, run_dir, guard, check=after.check)
+        after.end()
+        stopped = None
+    except Interrupted as err:
+        stopped = err
+    finally:
+        if board is not None:
+            board.close()
+    # every rank stops, or none: one rank alone past here would wait at the barrier for the others forever
+    if distributed.any_rank(stopped is not None):
+        raise stopped or Interrupted(f"{run_dir}: another process of the run was stopped after training; "
+                                     f"the checkpoint of iteration {iterations} is kept")
+    if throughput is not None and not steps.times:  # this attempt trained no step (its first stopped after)
+        step_summary = throughput
+    else:
+        step_summary = steps.summary(dcfg["batch_size"])
     metrics = {
         **result,
-        **complexity.measure_cached(model, mcfg, val_set.num_classes, size, _complexity_cache(run_dir)),
+        **counts,
         "evals": evals + [_eval_record(iterations, result)],
         "history": history,
         "iterations": iterations,
         "num_classes": val_set.num_classes,
         "class_names": list(val_set.class_names),
         "train_time_s": train_time,
-        "eval_time_s": eval_time,
+        "eval_time_s": after.seconds.get("evaluating"),
+        "after_training_s": after.seconds,
         "throughput_img_s": iterations * dcfg["batch_size"] / max(train_time, 1e-9),
-        **steps.summary(dcfg["batch_size"]),
-        **(inference_fps(model, val_set, spec["eval"], val_set.num_classes, device) if main else {}),
+        **step_summary,
+        **fps,
         **peak_memory(device),
         "spec": spec,
         "device": str(device),
@@ -387,19 +445,85 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "world_size": world,
+        "provenance": code,
     }
     if main:
-        _save_predictions(model, val_set, spec, device, run_dir, guard)
         atomic_write_json(run_dir / "metrics.json", metrics, guard)
         log.info("done: mIoU %s%s", metrics["mIoU"], diagnostics.describe(result))
     distributed.barrier()  # on every rank, returning means metrics.json is on disk
     return metrics
 
 
+STOP_POLL_S = 0.2  # after training, `stop` is asked at most this often inside a phase (it may stat a file)
+# what progress.json's "phase" says: training, then each phase after it in this order
+PHASES = ("training", "evaluating", "counting MACs", "timing FPS", "saving predictions")
+
+
+class _Phases:
+    """The phases after training: each one's start goes to progress.json ("phase", with the fields of
+    the last training record, on the main process) and to train.log, after asking `stop`; `check` asks
+    it inside a phase. A stop raises Interrupted; the last iteration's checkpoint is on disk by then."""
+
+    def __init__(self, run_dir: Path, guard, stop: Callable[[], bool], progress: dict | None):
+        self.run_dir, self.guard, self.stop, self.progress = run_dir, guard, stop, progress
+        self.phase, self.began, self.asked = "training", time.perf_counter(), 0.0
+        self.seconds: dict[str, float] = {}
+
+    def _stopped(self, every_rank: bool = False) -> None:
+        self.asked = time.perf_counter()
+        stop = self.stop()
+        if distributed.any_rank(stop) if every_rank else stop:
+            when = "after training" if self.phase == "training" else f"while {self.phase}, after training"
+            iteration = f" ({self.progress['iteration']})" if self.progress else ""
+            raise Interrupted(f"{self.run_dir}: stopped {when}; the checkpoint of its last iteration{iteration} "
+                              f"is kept, so a rerun redoes only what follows training")
+
+    def check(self, now: bool = False) -> None:
+        """Ask `stop` (at most every STOP_POLL_S seconds, unless `now`); Interrupted when it says stop."""
+        if now or time.perf_counter() - self.asked >= STOP_POLL_S:
+            self._stopped()
+
+    def end(self) -> None:
+        now = time.perf_counter()
+        if self.phase != "training":
+            self.seconds[self.phase] = now - self.began
+        self.began = now
+
+    def start(self, phase: str, detail: str = "", every_rank: bool = False) -> None:
+        """`every_rank`: all processes of the run start this phase together and stop together (a collective:
+        the phase itself begins with one)."""
+        self.end()
+        self._stopped(every_rank)  # a stop asked during the phase before
+        self.phase = phase
+        log.info("%s %s", phase, detail)
+        if self.progress is not None:
+            atomic_write_json(self.run_dir / "progress.json",
+                              {**self.progress, "phase": phase, "time": time.time()}, self.guard)
+
+
+def _checked(batches, check: Callable[..., None]):
+    """`batches`, with `check()` before each is fetched and handed on (it may raise to stop). A fetch that
+    fails while a stop is asked is the stop's doing (Ctrl-C reaches the loader's worker processes too, and
+    one that starts at that moment dies of it): `check(now=True)` raises the stop instead of the failure."""
+    iterator = iter(batches)
+    while True:
+        check()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception:
+            check(now=True)
+            raise
+        yield batch
+
+
 def _complexity_cache(run_dir: Path) -> Path | None:
-    """The sweep's cache of complexity counts, for a run of a harness sweep (a folder with sweep.json)."""
+    """The results folder's cache of complexity counts (RESULTS/.complexity, one for all its sweeps: one
+    architecture is counted once however many sweeps and runs it has), for a run of a harness sweep
+    (RESULTS/SWEEP/RUN_ID, SWEEP holding sweep.json); None for a run elsewhere."""
     sweep = run_dir.resolve().parent
-    return sweep / ".complexity" if (sweep / "sweep.json").is_file() else None
+    return sweep.parent / ".complexity" if (sweep / "sweep.json").is_file() else None
 
 
 def _eval_record(iteration: int, result: dict) -> dict:

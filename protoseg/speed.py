@@ -44,14 +44,18 @@ def sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def images_per_second(infer: Callable[[int], object], count: int, warmup: int, device: torch.device,
-                      max_s: float = float("inf")) -> tuple[float, int]:
+                      max_s: float = float("inf"), check: Callable[[], None] | None = None) -> tuple[float, int]:
     """`infer(i)` for i in 0..warmup+count-1: the first `warmup` untimed, the rest timed, synchronised;
-    the timing stops early once `max_s` seconds are spent. (images per second, images timed)."""
+    the timing stops early once `max_s` seconds are spent. (images per second, images timed).
+    `check()` is called before each image (it may raise to stop the timing)."""
+    check = check or (lambda: None)
     for i in range(warmup):
+        check()
         infer(i)
     sync(device)
     start, timed = time.perf_counter(), 0
     while timed < count:
+        check()
         infer(warmup + timed)
         timed += 1
         if max_s != float("inf") and timed < count:
@@ -63,16 +67,34 @@ def images_per_second(infer: Callable[[int], object], count: int, warmup: int, d
 
 
 PRELOADED = 8  # validation images held on the device and cycled: decoding and transforms are not timed
+FPS_MIN_S = 5.0  # a run's FPS timing may take this many seconds, ...
+FPS_TRAIN_FRACTION = 0.1  # ... or this fraction of its training time if longer (fps_budget)
 
 
-def inference_fps(model, dataset, eval_cfg: dict, num_classes: int, device: torch.device) -> dict:
+def fps_budget(fps_max_s: float, train_time_s: float) -> float:
+    """Seconds the FPS timing of a run may take: max(FPS_MIN_S, FPS_TRAIN_FRACTION x its training time),
+    never more than eval.fps_max_s. A run that trained for 10 minutes or more gets fps_max_s (60 s by
+    default) as before; a 20-iteration run of a few seconds times for FPS_MIN_S, not a minute (its
+    fixed cost after training would otherwise be several times its training). The warm-up images are
+    not part of it (eval.fps_warmup, a handful)."""
+    return min(fps_max_s, max(FPS_MIN_S, FPS_TRAIN_FRACTION * train_time_s))
+
+
+def inference_fps(model, dataset, eval_cfg: dict, num_classes: int, device: torch.device,
+                  max_s: float | None = None, check: Callable[[], None] | None = None) -> dict:
     """Images per second of the full inference protocol (eval.mode, resize, scales, flip) at batch 1 over
     up to PRELOADED validation images, cycled: eval.fps_warmup untimed, then eval.fps_images timed, or as
-    many as eval.fps_max_s seconds allow (a CPU would take an hour for 200 images at 2048x1024)."""
+    many as `max_s` seconds allow (default eval.fps_max_s; the engine gives fps_budget(...): a CPU would
+    take an hour for 200 images at 2048x1024). `check()` is called before each image and may raise to
+    stop (a stop of the run)."""
     count, warmup = eval_cfg["fps_images"], eval_cfg["fps_warmup"]
     if not count or len(dataset) == 0:
         return {"inference_fps": None, "inference_fps_images": 0}
-    images = [dataset[i][0][None].to(device) for i in range(min(len(dataset), PRELOADED))]
+    images = []
+    for i in range(min(len(dataset), PRELOADED)):
+        if check is not None:
+            check()
+        images.append(dataset[i][0][None].to(device))
     was_training = model.training
     model.eval()
 
@@ -80,7 +102,8 @@ def inference_fps(model, dataset, eval_cfg: dict, num_classes: int, device: torc
         predict_logits(model, images[i % len(images)], eval_cfg, num_classes)
 
     try:
-        fps, timed = images_per_second(infer, count, warmup, device, eval_cfg["fps_max_s"])
+        fps, timed = images_per_second(infer, count, warmup, device,
+                                       eval_cfg["fps_max_s"] if max_s is None else max_s, check)
         return {"inference_fps": fps, "inference_fps_images": timed}
     finally:
         model.train(was_training)

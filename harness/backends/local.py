@@ -109,9 +109,12 @@ class Pool:
 
 
 def _sizes(count: int, executor: dict) -> tuple[int, int]:
-    """(runs at once, torch threads each)."""
-    jobs = max(1, min(executor.get("jobs") or cores(), count or 1))
-    return jobs, max(1, cores() // jobs)
+    """(runs at once, torch threads each) for `count` runs. The threads are cores // executor.jobs (jobs
+    unset: one run per core, so 1), whatever `count` is: a cell rerun alone (`--only ID --force`) gets
+    the threads the sweep gave it, and with them the same sums in the same order, so the same numbers.
+    Only the runs at once are capped by `count`."""
+    jobs = max(1, executor.get("jobs") or cores())
+    return max(1, min(jobs, count or 1)), max(1, cores() // jobs)
 
 
 def submit(store: Store, runs: list[RunSpec], executor: dict) -> Pool:
@@ -150,12 +153,15 @@ def wait(handle: Pool, progress: bool = True) -> dict[str, str]:
             time.sleep(0.1)
     except BaseException as err:  # Ctrl-C, a signal, or a failure of the harness itself: no run is left behind
         if active:
-            bar.note(f"{'interrupted' if isinstance(err, KeyboardInterrupt) else type(err).__name__}: "
-                     f"stopping {len(active)} running run(s) at a checkpoint...")
+            # a terminal that is gone (the SIGHUP of a dropped ssh session) must not keep the runs going
+            with contextlib.suppress(OSError):
+                bar.note(f"{'interrupted' if isinstance(err, KeyboardInterrupt) else type(err).__name__}: "
+                         f"stopping {len(active)} running run(s) at a checkpoint...")
         _stop_all({rid: proc for rid, (proc, _) in active.items()})
         raise
     finally:
-        bar.close()
+        with contextlib.suppress(OSError):
+            bar.close()
     return final
 
 

@@ -1,14 +1,22 @@
 """Benchmark: the fixed cost of a run, everything but its training steps, broken down by phase.
 
-    python tests/benchmarks/bench_fixed_cost.py [--backbone resnet18] [--crop 32] [--iterations 4]
-                                                [--complexity-size 512 512] [--fps-images 200] [--runs 3]
+    python tests/benchmarks/bench_fixed_cost.py [--backbone resnet18] [--crop 32] [--image-size SIDE]
+                                                [--iterations 4] [--complexity-size 512 512]
+                                                [--fps-images 200] [--runs 3]
+
+--image-size: the side of the synthetic images (default: the crop). Larger than the crop, training
+stays cheap while evaluation and FPS timing run on full images, as on a real dataset (crops of 512 from
+2048x1024 images).
 
 (a) Interpreter start and imports, each in a fresh subprocess: `python -c pass`, `import torch`,
     `import protoseg.engine` (what every worker imports before its run).
-(b) One run in this process (protoseg.engine.run), each phase timed by wrapping the engine's own
+(b) Three runs in this process (protoseg.engine.run), each phase timed by wrapping the engine's own
     functions: data sets, model build, optimizer, resume, training steps, checkpoint writes, evaluation,
-    complexity counting (first, then again from the sweep's cache), inference FPS, prediction PNGs,
-    TensorBoard, the rest.
+    complexity counting, inference FPS, prediction PNGs, TensorBoard, the rest. The runs: the first of
+    a sweep, a second of the same sweep, a first of another sweep in the same results folder (what a
+    cache of the MAC counts saves shows in the last two). "after training" sums the phases that follow
+    the last iteration (evaluation, complexity, FPS, predictions): the fixed cost a user waits through
+    at "20/20".
 (c) `harness run` of a sweep of --runs such cells on the local backend, one at a time: wall per run
     against the training time its metrics record.
 
@@ -32,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def spec(args) -> dict:
-    side = args.crop
+    side, image = args.crop, args.image_size or args.crop
     return {
         "model": {"backbone": args.backbone, "head": "nonparametric", "num_prototypes": 2},
         "data": {"crop_size": [side, side], "batch_size": 2,
-                 "synthetic": {"image_size": [side, side], "num_train": 8, "num_val": 4}},
+                 "synthetic": {"image_size": [image, image], "num_train": 8, "num_val": 4}},
         "train": {"iterations": args.iterations, "log_interval": 1, "progress": False, "threads": args.threads},
         "eval": {"complexity_size": list(args.complexity_size), "fps_images": args.fps_images},
     }
@@ -58,8 +66,12 @@ def imports() -> dict[str, float]:
     return {"interpreter": bare, "import torch": torch - bare, "import protoseg.engine (after torch)": engine - torch}
 
 
-def phases(run_spec: dict, folder: Path) -> tuple[dict[str, float], float, dict]:
-    """Seconds per phase of one in-process run; (phases, total wall, metrics)."""
+AFTER_TRAINING = ("evaluation", "complexity counting", "inference FPS", "prediction PNGs")
+RUNS = ("first run", "same sweep", "other sweep")
+
+
+def phases(run_spec: dict, folder: Path) -> dict[str, dict[str, float]]:
+    """Seconds per phase of three in-process runs (RUNS), each with its total wall ("total")."""
     from protoseg import checkpoint, complexity, engine
 
     spent: dict[str, float] = defaultdict(float)
@@ -82,17 +94,18 @@ def phases(run_spec: dict, folder: Path) -> tuple[dict[str, float], float, dict]
                                (engine, "inference_fps", "inference FPS"),
                                (engine, "_save_predictions", "prediction PNGs"), (engine, "Board", "TensorBoard")]:
         timed(owner, name, label)
-    sweep = folder / "sweep"
-    sweep.mkdir(parents=True)
-    (sweep / "sweep.json").write_text("{}")  # a harness sweep: complexity counts are cached in it
-    start = time.perf_counter()
-    metrics = engine.run(run_spec, sweep / "first")
-    total = time.perf_counter() - start
-    first = {**spent, "training steps": metrics["train_time_s"]}
-    again = time.perf_counter()
-    engine.run(run_spec, sweep / "second")
-    first["(a second run of the sweep, total)"] = time.perf_counter() - again
-    return first, total, metrics
+    out = {}
+    for name, run_dir in zip(RUNS, ["a/first", "a/second", "b/first"]):
+        sweep = folder / "results" / run_dir.split("/")[0]
+        sweep.mkdir(parents=True, exist_ok=True)
+        (sweep / "sweep.json").write_text("{}")  # a harness sweep: complexity counts are cached for it
+        spent.clear()
+        start = time.perf_counter()
+        metrics = engine.run(run_spec, folder / "results" / run_dir)
+        total = time.perf_counter() - start
+        out[name] = {**spent, "training steps": metrics["train_time_s"],
+                     "after training": sum(spent[k] for k in AFTER_TRAINING), "total": total}
+    return out
 
 
 def through_harness(run_spec: dict, folder: Path, runs: int) -> tuple[float, float]:
@@ -100,11 +113,12 @@ def through_harness(run_spec: dict, folder: Path, runs: int) -> tuple[float, flo
     path = folder / "fixed.yaml"
     path.write_text(yaml.safe_dump({"sweep": "fixed", "base": run_spec, "matrix": {"train.seed": list(range(runs))},
                                     "executor": {"backend": "local", "jobs": 1}}))
+    results = folder / "harness-results"  # not (b)'s: no count cached by it
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(folder / "results")],
+    subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--results", str(results)],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    trained = [json.loads(p.read_text())["train_time_s"] for p in (folder / "results" / "fixed").glob("*/metrics.json")]
+    trained = [json.loads(p.read_text())["train_time_s"] for p in (results / "fixed").glob("*/metrics.json")]
     return wall / runs, sum(trained) / len(trained)
 
 
@@ -112,6 +126,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--crop", type=int, default=32)
+    ap.add_argument("--image-size", type=int, help="side of the synthetic images (default: --crop)")
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--complexity-size", type=int, nargs=2, default=[512, 512])
     ap.add_argument("--fps-images", type=int, default=200)
@@ -119,20 +134,27 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=3, help="cells of the `harness run` sweep (0: skip it)")
     args = ap.parse_args(argv)
     run_spec = spec(args)
-    print(f"{args.backbone} at {args.crop}x{args.crop}, {args.iterations} iterations, complexity at "
-          f"{args.complexity_size[0]}x{args.complexity_size[1]}, FPS over {args.fps_images} images")
+    image = args.image_size or args.crop
+    print(f"{args.backbone}, crops {args.crop}x{args.crop} of {image}x{image} images, {args.iterations} iterations, "
+          f"complexity at {args.complexity_size[0]}x{args.complexity_size[1]}, FPS over {args.fps_images} images")
     print("\n(a) start-up, best of 3 fresh interpreters")
     for name, seconds in imports().items():
         print(f"  {name:<40} {seconds:6.2f} s")
     with tempfile.TemporaryDirectory() as tmp:
-        spent, total, _ = phases(run_spec, Path(tmp))
-        print("\n(b) one run in process (engine.run), by phase")
-        second = spent.pop("(a second run of the sweep, total)")
-        for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
-            print(f"  {name:<40} {seconds:6.2f} s")
-        print(f"  {'the rest':<40} {total - sum(spent.values()):6.2f} s")
-        print(f"  {'total':<40} {total:6.2f} s")
-        print(f"  {'a second run of the same sweep, total':<40} {second:6.2f} s  (complexity from the cache)")
+        spent = phases(run_spec, Path(tmp))
+        print("\n(b) runs in process (engine.run), seconds by phase")
+        row = "  {:<36}" + "{:>13}" * len(RUNS)
+        print(row.format("", *RUNS))
+        first = spent[RUNS[0]]
+        order = sorted((k for k in first if k not in ("after training", "total")), key=lambda k: -first[k])
+        for name in order:
+            print(row.format(name, *(f"{spent[run].get(name, 0.0):.2f}" for run in RUNS)))
+        rest = [spent[run]["total"] - sum(v for k, v in spent[run].items() if k not in ("after training", "total"))
+                for run in RUNS]
+        print(row.format("the rest", *(f"{seconds:.2f}" for seconds in rest)))
+        print(row.format("total", *(f"{spent[run]['total']:.2f}" for run in RUNS)))
+        print(row.format("after training (eval+MACs+FPS+PNGs)",
+                         *(f"{spent[run]['after training']:.2f}" for run in RUNS)))
         if args.runs:
             per_run, trained = through_harness(run_spec, Path(tmp), args.runs)
             print(f"\n(c) `harness run`, {args.runs} runs one at a time: {per_run:.2f} s wall per run, "
