@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from protoseg import config
+from protoseg import config, provenance
 from protoseg.io import LinkRefused, load_yaml, read_yaml
 
 from . import backends, smoke
@@ -37,7 +37,8 @@ def _sweeps(results: Path, target: str | None) -> list[Store]:
     if target:
         store = Store(results, _sweep_name(target))
         if not store.dir.is_dir():
-            known = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != "paper") if results.is_dir() else []
+            known = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != "paper"
+                           and not p.name.startswith(".")) if results.is_dir() else []
             raise MatrixError(f"no sweep '{store.sweep}' under {results}; known: {', '.join(known) or '(none)'}")
         return [store]
     if not results.is_dir():
@@ -131,7 +132,7 @@ def cmd_run(args) -> int:
         raise StoreError(f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}); nothing is written "
                          f"through links in a results folder: replace it with a real one or remove it{more}")
     check_locking(store.dir)
-    store.record_sweep(args.file, matrix.git_commit(), sweep.executor, [r.run_id for r in runs],
+    store.record_sweep(args.file, provenance.git_commit(), sweep.executor, [r.run_id for r in runs],
                        planned_at or config.SPEC_VERSION)
     for spec, action in plan:
         if action == "rerun":  # keep the old result: move it aside, never delete it
@@ -153,7 +154,8 @@ def cmd_run(args) -> int:
         return 3
     except KeyboardInterrupt:
         if not backend.DETACHED:  # a detached backend's runs go on; it said so
-            print("interrupted; run the same command again to continue", file=sys.stderr)
+            with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                print("interrupted; run the same command again to continue", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
     if args.smoke:
         freed = smoke.drop_checkpoints(store, [rid for rid, state in final.items() if state == "done"])
@@ -618,16 +620,9 @@ EXAMPLES = {
 
 
 def _version() -> str:
-    from importlib import metadata
-
-    try:
-        version = metadata.version("protoseg-harness")
-    except metadata.PackageNotFoundError:
-        version = "not installed"
-    from .matrix import git_commit
-
-    commit = git_commit()
-    return f"harness {version}" + (f" (commit {commit})" if commit else "")
+    commit = provenance.git_commit()
+    return f"harness {provenance.version('protoseg-harness') or '(not installed)'}" + \
+        (f" (commit {commit})" if commit else "")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,6 @@ import collections
 import copy
 import itertools
 import math
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -366,16 +365,3 @@ def load(path: str | Path, overrides=(), profile: str | None = None, select=None
          spec_version: int | None = None, smoke_results: Path | None = None, max_cells: int = MAX_CELLS) -> Sweep:
     return expand_doc(read_yaml(path, "experiment file", MatrixError), str(path), overrides, profile, select,
                       spec_version, smoke_results, max_cells)
-
-
-def git_commit(folder: Path | None = None) -> str | None:
-    """The code's git commit (with '-dirty' when the tree has changes), or None outside git."""
-    folder = folder or Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")

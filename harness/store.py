@@ -29,7 +29,7 @@ from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml,
 from . import backends
 from .identity import NOT_HASHED, PROTOTYPE_ONLY
 
-SWEEP_FOLDERS = (".tensorboard", ".complexity", ".slurm", ".ray", ".replaced", ".lock")  # the harness writes there
+SWEEP_FOLDERS = (".tensorboard", ".slurm", ".ray", ".replaced", ".lock")  # the harness writes there
 RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  # opened in place, not renamed over
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed", "corrupt")
 ACTIVE = ("queued", "running")
@@ -225,7 +225,7 @@ class Store:
         working folders, the run folders and what is opened in them in place. Anyone in a group can
         plant one in a shared results folder, so a link there is refused, never followed (the results
         root itself may be a link only with `--linked-results`: harness.cli checks it)."""
-        places = [self.dir, *(self.dir / name for name in SWEEP_FOLDERS)]
+        places = [self.dir, self.root / ".complexity", *(self.dir / name for name in SWEEP_FOLDERS)]
         board = self.dir / ".tensorboard"
         if board.is_dir() and not board.is_symlink():
             places += list(board.iterdir())

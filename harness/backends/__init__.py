@@ -179,7 +179,7 @@ class RunBar:
                         file=sys.stderr)
 
     def show(self, **active) -> None:
-        self.bar.set_postfix(**active, **self.counts)
+        self.bar.set_postfix({**self.counts, **active})
 
     def note(self, text: str) -> None:
         self.bar.write(text)
