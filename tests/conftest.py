@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,10 +57,12 @@ def run_harness(*args, results: Path, timeout: float = 300, env: dict | None = N
 
 
 def start_harness(path: Path, results: Path, *extra) -> subprocess.Popen:
-    """`harness run PATH` in the background, in its own process group as a shell job is."""
+    """`harness run PATH` in its own process group, as a shell job is, with Ctrl-C's SIGINT at its default
+    even when these tests run in a background job of a script (which ignores SIGINT, and so would it)."""
     return subprocess.Popen(harness_command("run", path, *extra, results=results), cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
