@@ -18,7 +18,7 @@ from protoseg.io import LinkRefused, load_yaml, read_yaml
 
 from . import backends, smoke
 from .matrix import MAX_CELLS, MatrixError, settings_text
-from .selection import Selection, SelectionError, StoredRun, one_run
+from .selection import Selection, SelectionError, StoredRun, one_run, spec_fields
 from .store import SWEEP_NAME, Store, StoreError, check_locking, load_spec
 
 
@@ -423,8 +423,9 @@ def _report_frame(store: Store, select: Selection, planned=None):
         keep = {row["run_id"] for row in _stored_runs(store, rows, select)}
         frame = frame[frame["run_id"].isin(keep)]
     if planned is not None:
+        existing = set(frame.get("run_id", []))
         new = [report.spec_row(store.sweep, run.run_id, run.spec) for run in planned.runs
-               if run.run_id not in set(frame.get("run_id", []))]
+               if run.run_id not in existing]
         frame = pd.concat([frame, pd.DataFrame(new)], ignore_index=True) if new else frame
     return frame
 
@@ -494,7 +495,7 @@ def cmd_show(args) -> int:
     store, rid, row = _run_of(args.results, args.run)
     folder = store.run_dir(rid)
     metrics = read_json(folder / "metrics.json") or {}
-    spec = config.flatten(load_spec(folder) or {})
+    spec = spec_fields(load_spec(folder) or {})
     defaults = config.flatten(config.baseline())
     lines = [f"run {rid} of sweep {store.sweep}: {folder}",
              f"settings:   {settings_text(row.get('settings') or {}) or '(none recorded)'}",
@@ -544,9 +545,7 @@ def _flat_items(mapping: dict, prefix: str = ""):
 
 def cmd_diff(args) -> int:
     (store_a, a, _), (store_b, b, _) = (_run_of(args.results, ref) for ref in args.runs)
-    defaults = config.flatten(config.baseline())
-    specs = [{**defaults, **{config.new_name(p): v for p, v in config.flatten(load_spec(s.run_dir(r)) or {}).items()}}
-             for s, r in ((store_a, a), (store_b, b))]
+    specs = [spec_fields(load_spec(s.run_dir(r)) or {}) for s, r in ((store_a, a), (store_b, b))]
     paths = [p for p in dict.fromkeys([*specs[0], *specs[1]]) if specs[0].get(p) != specs[1].get(p)]
     names = [f"{store_a.sweep}/{a}", f"{store_b.sweep}/{b}"]
     if not paths:

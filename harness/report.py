@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from protoseg import config
 from protoseg.io import load_yaml
 
 from .identity import PROTOTYPE_ONLY
+from .selection import spec_fields
 from .smoke import SUFFIX as SMOKE_SUFFIX
 from .store import inspect_json
 
@@ -44,18 +44,16 @@ REFERENCE_SOURCES = {
 }
 
 
-def _spec_columns(spec: dict, baseline: dict) -> dict:
-    """A stored spec as {dotted path: value}, with the fields it predates at their baseline (so old
-    and new runs of one experiment are one method) and renamed fields under their new names."""
-    flat = {**baseline, **{config.new_name(path): value for path, value in config.flatten(spec).items()}}
-    return {path: tuple(v) if isinstance(v, list) else v for path, v in flat.items()}  # hashable, for groupby
+def _spec_columns(spec: dict) -> dict:
+    """A stored spec as {dotted path: value} (selection.spec_fields), lists as tuples: hashable, for groupby."""
+    return {path: tuple(v) if isinstance(v, list) else v for path, v in spec_fields(spec).items()}
 
 
 def load_runs(sweep_dirs: list[Path], unfinished: bool = False) -> pd.DataFrame:
     """One row per finished run: sweep, run_id, summary metrics and every spec field (dotted).
     A metrics.json that does not read is left out with a warning naming it. `unfinished`: also a row
     (its spec fields, no metrics) per run folder without metrics.json, so a table can count it."""
-    rows, baseline = [], config.flatten(config.baseline())
+    rows = []
     for sweep_dir in sweep_dirs:
         for entry in os.scandir(sweep_dir):
             path = os.path.join(entry.path, "metrics.json")
@@ -72,7 +70,7 @@ def load_runs(sweep_dirs: list[Path], unfinished: bool = False) -> pd.DataFrame:
                       f"`harness run` evaluates the run again", file=sys.stderr)
                 continue
             row = {"sweep": Path(sweep_dir).name, "run_id": entry.name,
-                   **{k: metrics.get(k) for k in SUMMARY}, **_spec_columns(metrics.get("spec", {}), baseline),
+                   **{k: metrics.get(k) for k in SUMMARY}, **_spec_columns(metrics.get("spec", {})),
                    **_eval_scores(entry.path)}
             rows.append(row)
     return pd.DataFrame(rows)
@@ -80,7 +78,7 @@ def load_runs(sweep_dirs: list[Path], unfinished: bool = False) -> pd.DataFrame:
 
 def spec_row(sweep: str, run_id: str, spec: dict) -> dict:
     """A row of load_runs for a run that has no metrics: its spec fields only."""
-    return {"sweep": sweep, "run_id": run_id, **_spec_columns(spec, config.flatten(config.baseline()))}
+    return {"sweep": sweep, "run_id": run_id, **_spec_columns(spec)}
 
 
 def _eval_scores(run_dir: str) -> dict:

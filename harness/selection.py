@@ -141,10 +141,16 @@ class StoredRun:
 
     def __init__(self, run_id: str, spec: dict, settings: dict | None = None):
         self.run_id, self.settings = run_id, settings or {}
-        self._flat = {config.new_name(path): value for path, value in config.flatten(spec).items()}
+        self._flat = spec_fields(spec)
 
     def value(self, path: str):
-        return self._flat[path] if path in self._flat else _baseline()[path]
+        return self._flat[path]
+
+
+def spec_fields(spec: dict) -> dict:
+    """A stored spec as {dotted path: value}: renamed fields under their new names, and the fields it
+    predates at their first default (config.baseline), so old and new runs compare alike."""
+    return {**_baseline(), **{config.new_name(path): value for path, value in config.flatten(spec).items()}}
 
 
 @functools.cache
