@@ -18,12 +18,7 @@ import json
 from protoseg import config
 
 # Resource and display fields: they do not change the experiment, so not its id.
-NOT_HASHED = frozenset({"train.threads", "train.progress", "train.device", "data.num_workers",
-                        "eval.fps_images", "eval.fps_warmup", "eval.fps_max_s"})
-# Fields that mean nothing to a parametric head: set to their baseline, so its cells collapse into one.
-PROTOTYPE_ONLY = ("embed_dim", "num_prototypes", "gamma", "update_prototypes", "update_assignment",
-                  "sinkhorn_epsilon", "sinkhorn_iterations", "proj_norm", "mask_norm", "ppc_weight",
-                  "ppd_weight", "ppc_temperature")
+NOT_HASHED = frozenset(config.first_names().get(path, path) for path in config.tagged(config.RESOURCE))
 
 # The fields of spec version 1 (frozen: never edit this list).
 V1_FIELDS = frozenset({
@@ -42,15 +37,6 @@ V1_FIELDS = frozenset({
 })
 
 
-def _first_names() -> dict[str, str]:
-    """{current name: first name} of every renamed field."""
-    first: dict[str, str] = {}
-    for entry in config.HISTORY:
-        for old, new in entry.get("renamed", {}).items():
-            first[new] = first.pop(old, old)
-    return first
-
-
 class Hasher:
     """Run ids of many specs that differ from one `base` spec in a few fields, fast: the
     JSON of each hashed section is built once per distinct set of changes to it."""
@@ -58,7 +44,7 @@ class Hasher:
     def __init__(self, base: dict):
         self.base = config.flatten(base)
         self.baseline = config.flatten(config.baseline())
-        first = _first_names()
+        first = config.first_names()
         self.name = {path: first.get(path, path) for path in self.base}
         self.section = {path: name.split(".", 1)[0] for path, name in self.name.items()}
         self.sections = sorted(set(self.section.values()))

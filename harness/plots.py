@@ -66,7 +66,7 @@ def method_order(frame: pd.DataFrame) -> list[str]:
     name; independent of the rows' order, so a method's place (and colour) depends only on which methods
     the report holds."""
     head = frame["model.head"] if "model.head" in frame else pd.Series("", index=frame.index)
-    protos = frame["model.num_prototypes"] if "model.num_prototypes" in frame else pd.Series(0, index=frame.index)
+    protos = frame.get("model.prototype.num_prototypes", pd.Series(0, index=frame.index))
     keys = {}
     for method, h, m in zip(frame["method"], head, protos):
         key = (h != "parametric", m if pd.notna(m) and h != "parametric" else 0, str(method))
@@ -221,7 +221,7 @@ def prototype_diagnostics(frame: pd.DataFrame, results: Path, out: Path, colours
     """Within-class prototype diversity (mean pairwise cosine; 1 = collapsed) and prototypes used per class
     against iteration, for ProtoSeg runs with more than one prototype per class: a row per backbone and
     dataset, per method the mean over its seeds with a min-max band."""
-    proto = frame[(frame["model.head"] == "nonparametric") & (frame["model.num_prototypes"] > 1)]
+    proto = frame[(frame["model.head"] == "nonparametric") & (frame["model.prototype.num_prototypes"] > 1)]
     if proto.empty:
         return None
     colours = colours or method_colours(frame)
@@ -240,7 +240,7 @@ def prototype_diagnostics(frame: pd.DataFrame, results: Path, out: Path, colours
     return _save(fig, out / "prototype_diagnostics.png")
 
 
-X_AXIS = "model.num_prototypes"
+X_AXIS = "model.prototype.num_prototypes"
 
 
 def _value_text(value) -> str:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from protoseg import config
 from protoseg.io import load_yaml
 
-from .identity import PROTOTYPE_ONLY
 from .selection import spec_fields
 from .smoke import SUFFIX as SMOKE_SUFFIX
 from .store import inspect_json
@@ -26,7 +26,8 @@ REFERENCES = Path(__file__).resolve().parents[1] / "results" / "paper"
 REFERENCE = "ref "  # prefix of the aggregate's reference columns
 UNKNOWN = "n/a"  # a reference column's number is not transcribed for this row (see results/paper/)
 # Spec fields with a place of their own in the table; any other field that varies goes into the method label.
-PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "model.num_prototypes", "train.seed"}
+PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "model.prototype.num_prototypes",
+          "train.seed"}
 SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_learnable_with_aux", "params_total",
            "macs", "flops", "train_time_s", "prototype_diversity", "prototypes_used", "inference_fps", "train_img_s",
            "device")
@@ -125,14 +126,14 @@ def method_labels(frame: pd.DataFrame) -> pd.Series:
                and (within[c].nunique(dropna=False) > 1).any()]
     proto = frame["model.head"] != "parametric"
     labels = pd.Series("parametric", index=frame.index)
-    labels[proto] = "ProtoSeg M=" + frame.loc[proto, "model.num_prototypes"].astype(str)
+    labels[proto] = "ProtoSeg M=" + frame.loc[proto, "model.prototype.num_prototypes"].astype(str)
     model = [c for c in varying if c.startswith("model.")]
     if model and proto.any():
         labels[proto] = labels[proto] + " (" + _settings_text(frame[proto], model, short=True) + ")"
     # parametric runs of one backbone that differ in their architecture (model.decoder_kernel) stay apart
     parametric = frame[~proto]
     within_parametric = parametric.groupby(["model.backbone", "data.dataset"], dropna=False)
-    arch = [c for c in model if c.removeprefix("model.") not in PROTOTYPE_ONLY
+    arch = [c for c in model if not c.startswith(config.PROTOTYPE_SECTION + ".")
             and (within_parametric[c].nunique(dropna=False) > 1).any()]
     if arch:
         labels[~proto] = labels[~proto] + " (" + _settings_text(parametric, arch, short=True) + ")"
@@ -186,7 +187,7 @@ def sorted_runs(frame: pd.DataFrame) -> pd.DataFrame:
     """Backbone, then the parametric head before ProtoSeg by prototypes per class, then seed."""
     order = frame["model.head"].map({"parametric": 0}).fillna(1)
     return frame.assign(_order=order).sort_values(
-        ["model.backbone", "_order", "model.num_prototypes", "train.seed"]).drop(columns="_order")
+        ["model.backbone", "_order", "model.prototype.num_prototypes", "train.seed"]).drop(columns="_order")
 
 
 def aggregate(frame: pd.DataFrame, references: dict[str, list[dict]] | None = None) -> pd.DataFrame:
@@ -204,7 +205,7 @@ def aggregate(frame: pd.DataFrame, references: dict[str, list[dict]] | None = No
                       params_learnable=("params_learnable", "first"),
                       params_learnable_with_aux=("params_learnable_with_aux", "first"), macs=("macs", "first"),
                       num_classes=("num_classes", "first"), aux_head=("model.aux_head", "first"),
-                      head=("model.head", "first"), prototypes=("model.num_prototypes", "first"),
+                      head=("model.head", "first"), prototypes=("model.prototype.num_prototypes", "first"),
                       **{c: (c, "mean") for c in extra_columns(frame)}).reset_index()
     out["mIoU_std"] = out["mIoU_std"].fillna(0.0)
     same = ["model.backbone", "model.decoder", "data.dataset"]  # the parametric row a method is compared with

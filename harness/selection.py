@@ -150,7 +150,7 @@ class StoredRun:
 def spec_fields(spec: dict) -> dict:
     """A stored spec as {dotted path: value}: renamed fields under their new names, and the fields it
     predates at their first default (config.baseline), so old and new runs compare alike."""
-    return {**_baseline(), **{config.new_name(path): value for path, value in config.flatten(spec).items()}}
+    return {**_baseline(), **{config.new_name(path, None): value for path, value in config.flatten(spec).items()}}
 
 
 @functools.cache

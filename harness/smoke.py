@@ -90,7 +90,7 @@ def sizes_against_paper(frame, entries: list[dict], tolerance: float = 0.01) -> 
 
     if frame.empty or "params_learnable_with_aux" not in frame:
         return ""
-    keys = [k for k in ("model.backbone", "model.decoder", "model.head", "model.num_prototypes",
+    keys = [k for k in ("model.backbone", "model.decoder", "model.head", "model.prototype.num_prototypes",
                         "model.decoder_kernel") if k in frame]
     frame = frame.assign(_not_k150=frame["num_classes"] != 150).sort_values("_not_k150", kind="stable")
     lines = []
@@ -109,7 +109,7 @@ def sizes_against_paper(frame, entries: list[dict], tolerance: float = 0.01) -> 
             method = "parametric"
             note = f"  <- more than {tolerance:.0%} off" if abs(ours / paper - 1) > tolerance else ""
         else:
-            method = f"ProtoSeg M={row['model.num_prototypes']}"
+            method = f"ProtoSeg M={row['model.prototype.num_prototypes']}"
             note = "  (the paper's Ours rows leave the projection head out)"
         lines.append(f"  {label:<28} {method:<14} K={int(first['num_classes']):<4} {ours:7.2f}  "
                      f"paper {paper:5.1f}  {ours / paper - 1:+6.1%}{note}")

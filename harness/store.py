@@ -11,6 +11,7 @@ job, heartbeat or not); pid and heartbeat decide when it cannot tell.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -27,7 +28,6 @@ from protoseg import config, io
 from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml, refuse_link
 
 from . import backends
-from .identity import NOT_HASHED, PROTOTYPE_ONLY
 
 SWEEP_FOLDERS = (".tensorboard", ".slurm", ".ray", ".replaced", ".lock")  # the harness writes there
 RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  # opened in place, not renamed over
@@ -502,10 +502,12 @@ class Store:
         specs = {}
         for row in rows:
             try:
-                specs[row["run_id"]] = config.flatten(load_spec(self.run_dir(row["run_id"])) or {})
+                specs[row["run_id"]] = config.flatten(config.rename_keys(load_spec(self.run_dir(row["run_id"])) or {},
+                                                                         None))
             except StoreError:
                 specs[row["run_id"]] = {}
-        paths = dict.fromkeys(p for flat in specs.values() for p in flat if p not in NOT_HASHED)
+        resources = config.tagged(config.RESOURCE)
+        paths = dict.fromkeys(p for flat in specs.values() for p in flat if p not in resources)
         values = {p: [repr(flat.get(p)) for flat in specs.values()] for p in paths}
         shown: list[str] = []
         for path in (p for p in paths if len(set(values[p])) > 1):
@@ -514,9 +516,8 @@ class Store:
                 shown.append(path)
         for row in unnamed:
             flat = specs[row["run_id"]]
-            parametric = flat.get("model.head") == "parametric"  # prototype settings mean nothing to it
-            row["settings"] = {p: flat.get(p) for p in shown
-                               if not (parametric and p.removeprefix("model.") in PROTOTYPE_ONLY)}
+            unused = config.unused_fields(collections.defaultdict(lambda: None, flat))
+            row["settings"] = {p: flat.get(p) for p in shown if p not in unused}
 
 
 def load_spec(run_dir: Path) -> dict:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from . import config
 from .io import Guard, atomic_write_json, refuse_link
 
 
@@ -122,23 +123,22 @@ def measure(model: nn.Module, size: tuple[int, int], check: Callable[[], None] |
 
 # bumped when what is counted changes (2: attention counted, params_learnable_with_aux), so no cache holds old counts
 COUNTS_VERSION = 2
-# the model fields that leave the architecture's counts alone (weights, training-only settings)
-NOT_ARCHITECTURE = ("pretrained", "gamma", "update_prototypes", "update_assignment", "sinkhorn_epsilon",
-                    "sinkhorn_iterations", "ppc_weight", "ppd_weight", "ppc_temperature", "class_weights",
-                    "aux_weight", "drop_path", "dropout")
 # the packages that build the models (timm, transformers) and count them (torch, mmengine): another
 # version of one may build or count another graph, so their versions are part of a cache entry's key
 KEY_DISTRIBUTIONS = ("torch", "timm", "transformers", "mmengine")
 
 
 def cache_key(model_cfg: dict, num_classes: int, size: tuple[int, int]) -> str:
-    """The cache entry of an architecture: every model field but NOT_ARCHITECTURE's (the resolved spec's
-    model section, so every field is there with its value), the class count, the input size, what is
-    counted (COUNTS_VERSION) and the versions of KEY_DISTRIBUTIONS. Distinct architectures or sizes
-    never share an entry."""
+    """The cache entry of an architecture: every model field but those tagged TRAINING (the resolved spec's
+    model section, so every field is there with its value; renamed fields under their first names), the
+    class count, the input size, what is counted (COUNTS_VERSION) and the versions of KEY_DISTRIBUTIONS.
+    Distinct architectures or sizes never share an entry."""
     from .provenance import version
 
-    arch = {k: v for k, v in model_cfg.items() if k not in NOT_ARCHITECTURE}
+    first = config.first_names()
+    arch = {first.get(path, path).removeprefix("model."): value
+            for path, value in config.flatten(model_cfg, "model.").items()
+            if config.TRAINING not in config.FIELDS[path].tags}
     versions = {name: version(name) for name in KEY_DISTRIBUTIONS}
     text = json.dumps([COUNTS_VERSION, arch, num_classes, list(size), versions], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

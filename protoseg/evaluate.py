@@ -26,8 +26,7 @@ from .models import build_model
 from .registry import NEEDS_ROOT
 
 # the spec fields an evaluation may change: where the data is, how inference runs, on what
-SETTINGS = ("data.root", "data.val_batch_size", "data.num_workers", "train.device",
-            "eval.mode", "eval.resize", "eval.crop_size", "eval.stride", "eval.scales", "eval.flip")
+SETTINGS = config.tagged(config.EVALUATION)
 
 
 class EvaluationError(ValueError):
@@ -103,7 +102,7 @@ def _spec(spec: dict, overrides: dict, source: Path) -> dict:
     if "data.root" in overrides and spec["data"]["dataset"] not in NEEDS_ROOT:
         raise EvaluationError(f"data.root: data.dataset {spec['data']['dataset']!r} is not read from a folder; "
                               f"a data root applies to: {', '.join(NEEDS_ROOT)}")
-    return config.resolve(spec, source=f"{source} with {', '.join(overrides) or 'no changes'}")
+    return config.resolve(spec, source=f"{source} with {', '.join(overrides) or 'no changes'}", stored=True)
 
 
 def _dataset(data_cfg: dict, split: str):

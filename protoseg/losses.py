@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from .data.transforms import IGNORE_INDEX
 
 
 def seg_cross_entropy(seg: torch.Tensor, labels: torch.Tensor, class_weights=None,
@@ -14,7 +14,7 @@ def seg_cross_entropy(seg: torch.Tensor, labels: torch.Tensor, class_weights=Non
     logits = F.interpolate(seg, size=labels.shape[-2:], mode="bilinear", align_corners=align_corners)
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=logits.dtype,
                                                                 device=logits.device)
-    return F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE)
+    return F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX)
 
 
 def ppc_loss(proto_logits: torch.Tensor, proto_target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -34,10 +34,10 @@ def total_loss(out: dict, labels: torch.Tensor, model_cfg: dict) -> tuple[torch.
     parts = {"ce": seg_cross_entropy(out["seg"].float(), labels, model_cfg["class_weights"])}
     loss = parts["ce"]
     if "proto_logits" in out:
-        logits = out["proto_logits"].float()
-        parts["ppc"] = ppc_loss(logits, out["proto_target"], model_cfg["ppc_temperature"])
+        logits, proto = out["proto_logits"].float(), model_cfg["prototype"]
+        parts["ppc"] = ppc_loss(logits, out["proto_target"], proto["ppc_temperature"])
         parts["ppd"] = ppd_loss(logits, out["proto_target"])
-        loss = loss + model_cfg["ppc_weight"] * parts["ppc"] + model_cfg["ppd_weight"] * parts["ppd"]
+        loss = loss + proto["ppc_weight"] * parts["ppc"] + proto["ppd_weight"] * parts["ppd"]
     if "aux_seg" in out:
         parts["aux"] = seg_cross_entropy(out["aux_seg"].float(), labels, model_cfg["class_weights"],
                                          align_corners=False)

@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE = 255
-
 
 def confusion(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) int64 counts, rows = ground truth, columns = prediction; ignore 255."""

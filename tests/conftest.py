@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def tiny_spec(**sections) -> dict:
     """A run spec small enough to train in seconds on a CPU."""
     spec = {
-        "model": {"backbone": "resnet18", "num_prototypes": 2},
+        "model": {"backbone": "resnet18", "prototype": {"num_prototypes": 2}},
         "data": {"crop_size": [64, 64], "batch_size": 2,
                  "synthetic": {"image_size": [64, 64], "num_train": 8, "num_val": 4}},
         "train": {"iterations": 6, "checkpoint_interval": 2, "log_interval": 1, "progress": False,

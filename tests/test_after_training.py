@@ -119,7 +119,7 @@ def test_distinct_architectures_classes_and_sizes_never_share_a_cache_entry():
             complexity.cache_key({**cfg, "head": "parametric"}, 4, (512, 512)),
             complexity.cache_key({**cfg, "aux_head": True}, 4, (512, 512))}
     assert len(keys) == 8
-    assert complexity.cache_key({**cfg, "pretrained": "w.pth", "gamma": 0.9}, 4, (512, 512)) \
+    assert complexity.cache_key({**cfg, "pretrained": "w.pth", "prototype": {**cfg["prototype"], "gamma": 0.9}}, 4, (512, 512)) \
         == complexity.cache_key(cfg, 4, (512, 512))
 
 

@@ -26,7 +26,7 @@ TIMEOUT = 240  # seconds for one CLI call (two cores, shared)
 def write_experiment(folder: Path, name: str, matrix_axes=None, include=None, jobs=2, iterations=4,
                      **train) -> Path:
     axes = matrix_axes if matrix_axes is not None else {"model.head": ["parametric", "nonparametric"],
-                                                        "model.num_prototypes": [1, 2]}
+                                                        "model.prototype.num_prototypes": [1, 2]}
     return tiny_experiment(folder, name, axes, include, iterations, {"backend": "local", "jobs": jobs}, **train)
 
 

@@ -7,17 +7,17 @@ def test_defaults_are_filled_and_input_is_not_mutated():
     given = {"model": {"head": "parametric"}}
     spec = config.resolve(given)
     assert spec["model"]["head"] == "parametric"
-    assert spec["model"]["num_prototypes"] == config.DEFAULTS["model"]["num_prototypes"]
+    assert spec["model"]["prototype"]["num_prototypes"] == config.DEFAULTS["model"]["prototype"]["num_prototypes"]
     assert set(spec) == {"model", "data", "train", "eval"}
     assert given == {"model": {"head": "parametric"}}
 
 
 def test_unknown_key_names_source_key_and_valid_keys():
     with pytest.raises(config.SpecError) as err:
-        config.resolve({"model": {"num_protoypes": 5}}, source="exp.yaml")
+        config.resolve({"model": {"prototype": {"num_protoypes": 5}}}, source="exp.yaml")
     msg = str(err.value)
-    assert "exp.yaml" in msg and "model.num_protoypes" in msg
-    assert "did you mean 'num_prototypes'" in msg and "backbone" in msg
+    assert "exp.yaml" in msg and "model.prototype.num_protoypes" in msg
+    assert "did you mean 'num_prototypes'" in msg and "gamma" in msg
 
 
 def test_unknown_section_is_an_error():
@@ -26,16 +26,15 @@ def test_unknown_section_is_an_error():
 
 
 @pytest.mark.parametrize("key,value", [("train.lr", "fast"), ("train.iterations", 1.5),
-                                       ("model.mask_norm", "yes"), ("data.crop_size", [64])])
+                                       ("model.prototype.mask_norm", "yes"), ("data.crop_size", [64])])
 def test_wrong_type_is_an_error(key, value):
-    section, name = key.split(".")
     with pytest.raises(config.SpecError, match=key.replace(".", r"\.")):
-        config.resolve({section: {name: value}})
+        config.resolve(config.set_path({}, key, value))
 
 
 def test_choice_fields_list_valid_values():
     with pytest.raises(config.SpecError, match="valid: gumbel, argmax"):
-        config.resolve({"model": {"update_assignment": "sample"}})
+        config.resolve({"model": {"prototype": {"update_assignment": "sample"}}})
 
 
 def test_int_is_accepted_for_float_field():
@@ -51,11 +50,11 @@ def test_load_reports_malformed_yaml_with_file(tmp_path):
 
 @pytest.mark.parametrize("key,value,valid", [
     ("train.iterations", -5, r"an integer in \[1, "), ("train.iterations", 0, r"an integer in \[1, "),
-    ("model.gamma", 1.5, r"\[0, 1\]"), ("model.num_prototypes", 0, r"an integer in \[1, 1,000\]"),
-    ("model.num_prototypes", 10**9, r"an integer in \[1, 1,000\]: every pixel is scored"),
+    ("model.prototype.gamma", 1.5, r"\[0, 1\]"), ("model.prototype.num_prototypes", 0, r"an integer in \[1, 1,000\]"),
+    ("model.prototype.num_prototypes", 10**9, r"an integer in \[1, 1,000\]: every pixel is scored"),
     ("train.seed", -1, r"an integer in \[0, 4,294,967,295\] \(numpy's seed range\)"),
     ("train.seed", 2**32, r"numpy's seed range"), ("data.crop_size", [64, 100_000], r"integers in \[1, 8192\]"),
-    ("model.embed_dim", 10**6, r"\[1, 8,192\] \(channels\)"),
+    ("model.prototype.embed_dim", 10**6, r"\[1, 8,192\] \(channels\)"),
     ("data.batch_size", 0, r"an integer in \[1, 4,096\]"), ("train.lr", 0.0, "finite number > 0"),
     ("train.lr", float("nan"), "finite number > 0"), ("train.lr", float("inf"), "finite number > 0"),
     ("train.device", "gpu", "auto, cpu, cuda, cuda:N"), ("train.threads", 0, "integer >= 1"),
@@ -65,9 +64,8 @@ def test_load_reports_malformed_yaml_with_file(tmp_path):
     ("data.dataset", "cityscape", "valid: synthetic, camvid"),
 ])
 def test_values_out_of_range_name_the_key_and_what_is_valid(key, value, valid):
-    section, _, name = key.partition(".")
     with pytest.raises(config.SpecError, match=valid) as err:
-        config.resolve({section: {name: value}}, source="exp.yaml")
+        config.resolve(config.set_path({}, key, value), source="exp.yaml")
     assert "exp.yaml" in str(err.value) and f"'{key}'" in str(err.value)
 
 

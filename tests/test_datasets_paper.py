@@ -16,7 +16,7 @@ from protoseg.data.ade20k import ADE20K
 from protoseg.data.cityscapes import Cityscapes
 from protoseg.data.cocostuff import COCOStuff10k, COCOStuff164k
 from protoseg.data.fixtures import write_fixture
-from protoseg.registry import NEEDS_ROOT, NUM_CLASSES
+from protoseg.registry import DATASETS as ENTRIES, NEEDS_ROOT
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ade20k-samples"
 ADE_SAMPLES = SHARED / "ADEChallengeData2016"
@@ -49,7 +49,7 @@ def test_fixture_loads_through_build_dataset(tmp_path, name):
     cfg = _config(name, write_fixture(name, tmp_path / name, images=3))
     for role in ("train", "val"):
         data = build_dataset(cfg, role)
-        assert len(data) == 3 and data.num_classes == NUM_CLASSES[name] == len(data.class_names)
+        assert len(data) == 3 and data.num_classes == ENTRIES[name].num_classes == len(data.class_names)
         for i in range(len(data)):
             image, label = data.load(i)
             assert image.shape == (*SIZE, 3) and image.dtype == np.uint8
@@ -76,9 +76,9 @@ def test_write_fixture_unknown_name_lists_valid_ones():
 def test_registry_names_classes_and_roots():
     for name in PAPER:
         assert name in NEEDS_ROOT and DATASETS[name].name == name
-        assert len(set(DATASETS[name].class_names)) == NUM_CLASSES[name]
-    assert (NUM_CLASSES["ade20k"], NUM_CLASSES["cityscapes"]) == (150, 19)
-    assert NUM_CLASSES["coco_stuff164k"] == NUM_CLASSES["coco_stuff10k"] == 171
+        assert len(set(DATASETS[name].class_names)) == ENTRIES[name].num_classes
+    assert (ENTRIES["ade20k"].num_classes, ENTRIES["cityscapes"].num_classes) == (150, 19)
+    assert ENTRIES["coco_stuff164k"].num_classes == ENTRIES["coco_stuff10k"].num_classes == 171
     with pytest.raises(SpecError, match="'data.root' is not set"):
         resolve({"data": {"dataset": "cityscapes"}})
 

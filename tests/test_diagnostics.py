@@ -49,7 +49,7 @@ def test_a_class_without_validation_pixels_is_left_out_of_the_used_mean():
 
 
 def test_asking_the_head_for_winners_changes_none_of_its_outputs():
-    cfg = {**config.resolve({})["model"], "num_prototypes": 3, "embed_dim": 8}
+    cfg = {**config.resolve({})["model"]["prototype"], "num_prototypes": 3, "embed_dim": 8}
     head = PrototypeHead(16, 4, cfg).eval()
     feats = torch.randn(2, 16, 5, 6)
     plain, probed = head(feats), head(feats, winners=True)

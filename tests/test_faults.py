@@ -17,7 +17,7 @@ import yaml
 from conftest import run_harness, start_harness, tiny_experiment, tiny_spec, wait_for
 from harness import cli, matrix
 from harness.store import Store
-from protoseg import engine
+from protoseg import config, engine
 from protoseg.io import LinkRefused, open_append
 
 TIMEOUT = 240
@@ -328,7 +328,7 @@ def test_a_validation_split_without_a_labelled_pixel_fails_the_run_not_loops(tmp
 
 def test_a_matrix_too_big_is_refused_from_its_axes_before_expansion(tmp_path):
     axes = {"train.seed": list(range(100)), "train.lr": [0.01 * (i + 1) for i in range(100)],
-            "model.gamma": [0.9 + 0.0001 * i for i in range(100)], "data.batch_size": list(range(1, 11))}
+            "model.prototype.gamma": [0.9 + 0.0001 * i for i in range(100)], "data.batch_size": list(range(1, 11))}
     path = experiment(tmp_path, axes=axes)
     started = time.perf_counter()
     proc = run_harness("run", path, "--dry-run", results=tmp_path / "results")
@@ -345,12 +345,12 @@ def test_a_matrix_too_big_is_refused_from_its_axes_before_expansion(tmp_path):
 
 @pytest.mark.parametrize("section,key,value,said", [
     ("train", "seed", -1, "numpy's seed range"),
-    ("model", "num_prototypes", 10**9, "an integer in [1, 1,000]"),
+    ("model.prototype", "num_prototypes", 10**9, "an integer in [1, 1,000]"),
 ])
 def test_values_that_cannot_run_are_refused_at_plan_time(tmp_path, section, key, value, said):
     path = experiment(tmp_path)
     doc = yaml.safe_load(path.read_text())
-    doc["base"][section][key] = value
+    config.set_path(doc["base"], f"{section}.{key}", value)
     path.write_text(yaml.safe_dump(doc))
     proc = run_harness("run", path, "--dry-run", results=tmp_path / "results")
     assert proc.returncode == 2 and f"'{section}.{key}'" in proc.stderr and said in proc.stderr, proc.stderr

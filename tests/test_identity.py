@@ -41,27 +41,20 @@ def new_key(monkeypatch):
 
 @pytest.fixture
 def gamma_default_changed(monkeypatch):
-    """Spec version 2 changes what model.gamma's default means (0.999 -> 0.99)."""
+    """A spec version after today's changes what model.prototype.gamma's default means (0.999 -> 0.99)."""
+    gamma = "model.prototype.gamma"
+    table = dict(config.FIELDS)
+    table[gamma] = table[gamma]._replace(default=0.99)
     defaults = copy.deepcopy(config.DEFAULTS)
-    defaults["model"]["gamma"] = 0.99
-    monkeypatch.setattr(config, "DEFAULTS", defaults)
-    monkeypatch.setattr(config, "HISTORY", [{"version": 2, "defaults": {"model.gamma": 0.999}}])
-    monkeypatch.setattr(config, "SPEC_VERSION", 2)
-
-
-@pytest.fixture
-def gamma_renamed(monkeypatch):
-    """Spec version 2 renames model.gamma to model.prototype_momentum."""
-    defaults = copy.deepcopy(config.DEFAULTS)
-    model = defaults["model"]
-    defaults["model"] = {("prototype_momentum" if k == "gamma" else k): v for k, v in model.items()}
-    monkeypatch.setattr(config, "DEFAULTS", defaults)
-    monkeypatch.setattr(config, "HISTORY", [{"version": 2, "renamed": {"model.gamma": "model.prototype_momentum"}}])
-    monkeypatch.setattr(config, "SPEC_VERSION", 2)
-    monkeypatch.setattr(identity, "PROTOTYPE_ONLY",
-                        tuple("prototype_momentum" if k == "gamma" else k for k in identity.PROTOTYPE_ONLY))
-    monkeypatch.setattr(matrix, "PROTOTYPE_ONLY", identity.PROTOTYPE_ONLY)
-    config._told.clear()
+    defaults["model"]["prototype"]["gamma"] = 0.99
+    version = config.SPEC_VERSION + 1
+    history = [*config.HISTORY, {"version": version, "defaults": {gamma: 0.999}}]
+    for module in (config, config.fields):
+        monkeypatch.setattr(module, "FIELDS", table)
+        monkeypatch.setattr(module, "DEFAULTS", defaults)
+    for module in (config, config.history):
+        monkeypatch.setattr(module, "HISTORY", history)
+        monkeypatch.setattr(module, "SPEC_VERSION", version)
 
 
 def test_version_1_ids_are_unchanged():
@@ -96,7 +89,7 @@ def test_resource_fields_never_enter_the_id():
 def test_a_changed_default_keeps_old_sweeps_and_makes_new_ids(gamma_default_changed, capsys):
     old_sweep = ids(QUICKSTART, spec_version=1)
     assert old_sweep == v1_quickstart_ids()  # planned at version 1: keeps gamma 0.999
-    assert "'model.gamma' keeps its old default 0.999 (now 0.99)" in capsys.readouterr().err
+    assert "'model.prototype.gamma' keeps its old default 0.999 (now 0.99)" in capsys.readouterr().err
     new_sweep = ids(QUICKSTART)
     parametric = [rid for rid, run in zip(new_sweep, matrix.load(QUICKSTART).runs)
                   if run.value("model.head") == "parametric"]
@@ -104,16 +97,20 @@ def test_a_changed_default_keeps_old_sweeps_and_makes_new_ids(gamma_default_chan
     assert set(parametric) <= set(old_sweep)  # gamma means nothing to a parametric head
 
 
-def test_an_old_key_name_is_accepted_with_a_notice_and_keeps_the_id(gamma_renamed, tmp_path, capsys):
+def test_an_old_key_name_is_accepted_with_one_notice_and_keeps_the_id(tmp_path, capsys):
+    """Spec version 2 moved the prototype keys from model.X to model.prototype.X."""
+    config.history._told.clear()
     doc = yaml.safe_load(QUICKSTART.read_text())
-    doc["base"]["model"]["gamma"] = 0.999  # the old name, at its value
-    doc["matrix"]["model.gamma"] = [0.999]
+    doc["base"]["model"]["gamma"] = 0.999  # old names, at their values
+    doc["matrix"]["model.num_prototypes"] = doc["matrix"].pop("model.prototype.num_prototypes")
+    doc["matrix"]["model.ppc_temperature"] = [1.0]
     path = tmp_path / "old_names.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert ids(path) == v1_quickstart_ids()
     err = capsys.readouterr().err
-    assert "notice:" in err and "'model.gamma' is now 'model.prototype_momentum'" in err
-    assert err.count("is now") == 2  # once for base, once for the matrix axis: not once per cell
+    assert "notice:" in err and "'model.gamma' is now 'model.prototype.gamma'" in err
+    assert "every key now under model.prototype" in err
+    assert err.count("notice:") == 1  # one line for the file: not one per key or per cell
     assert ids(QUICKSTART) == v1_quickstart_ids()
 
 

@@ -38,7 +38,7 @@ def test_total_loss_weights_the_prototype_terms():
     out = {"seg": torch.zeros(1, 2, 2, 2), "proto_logits": torch.tensor([[0.2, 0.4]]),
            "proto_target": torch.tensor([1])}
     labels = torch.zeros(1, 2, 2, dtype=torch.long)
-    cfg = {"class_weights": None, "ppc_temperature": 1.0, "ppc_weight": 0.5, "ppd_weight": 2.0}
+    cfg = {"class_weights": None, "prototype": {"ppc_temperature": 1.0, "ppc_weight": 0.5, "ppd_weight": 2.0}}
     loss, parts = losses.total_loss(out, labels, cfg)
     assert loss.item() == pytest.approx((parts["ce"] + 0.5 * parts["ppc"] + 2.0 * parts["ppd"]).item())
     assert parts["ppd"].item() == pytest.approx(0.36)

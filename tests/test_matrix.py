@@ -37,15 +37,15 @@ def expand(doc, source="exp.yaml", overrides=()):
 # ---- expansion ---------------------------------------------------------------------------
 
 def test_cartesian_product_has_one_run_per_cell():
-    sweep = expand(experiment(matrix={"model.head": ["nonparametric"], "model.num_prototypes": [1, 2, 3],
+    sweep = expand(experiment(matrix={"model.head": ["nonparametric"], "model.prototype.num_prototypes": [1, 2, 3],
                                       "train.seed": [0, 1]}))
     assert len(sweep.runs) == 3 * 2
     assert len(set(ids(sweep))) == 6
-    assert sweep.axes == ["model.head", "model.num_prototypes", "train.seed"]
-    seen = {(r.spec["model"]["num_prototypes"], r.spec["train"]["seed"]) for r in sweep.runs}
+    assert sweep.axes == ["model.head", "model.prototype.num_prototypes", "train.seed"]
+    seen = {(r.spec["model"]["prototype"]["num_prototypes"], r.spec["train"]["seed"]) for r in sweep.runs}
     assert seen == {(m, s) for m in (1, 2, 3) for s in (0, 1)}
     for run in sweep.runs:  # settings are the cell's axis values, and the spec carries them
-        assert run.spec["model"]["num_prototypes"] == run.settings["model.num_prototypes"]
+        assert run.spec["model"]["prototype"]["num_prototypes"] == run.settings["model.prototype.num_prototypes"]
         assert run.spec["train"]["seed"] == run.settings["train.seed"]
 
 
@@ -65,24 +65,24 @@ def test_every_default_is_filled_in():
 
 
 def test_exclude_drops_cells_matching_every_given_value():
-    doc = experiment(matrix={"model.num_prototypes": [1, 2, 3], "train.seed": [0, 1]},
-                     exclude=[{"model.num_prototypes": 3, "train.seed": 1}, {"model.num_prototypes": 1}])
-    cells = {(r.settings["model.num_prototypes"], r.settings["train.seed"]) for r in expand(doc).runs}
+    doc = experiment(matrix={"model.prototype.num_prototypes": [1, 2, 3], "train.seed": [0, 1]},
+                     exclude=[{"model.prototype.num_prototypes": 3, "train.seed": 1}, {"model.prototype.num_prototypes": 1}])
+    cells = {(r.settings["model.prototype.num_prototypes"], r.settings["train.seed"]) for r in expand(doc).runs}
     assert cells == {(2, 0), (2, 1), (3, 0)}
 
 
 def test_include_adds_cells_after_the_product_and_their_axes():
-    doc = experiment(matrix={"model.num_prototypes": [1, 2]},
-                     include=[{"model.num_prototypes": 5, "train.lr": 0.02}])
+    doc = experiment(matrix={"model.prototype.num_prototypes": [1, 2]},
+                     include=[{"model.prototype.num_prototypes": 5, "train.lr": 0.02}])
     sweep = expand(doc)
     assert len(sweep.runs) == 3
     extra = sweep.runs[-1]
-    assert extra.spec["model"]["num_prototypes"] == 5 and extra.spec["train"]["lr"] == 0.02
-    assert sweep.axes == ["model.num_prototypes", "train.lr"]
+    assert extra.spec["model"]["prototype"]["num_prototypes"] == 5 and extra.spec["train"]["lr"] == 0.02
+    assert sweep.axes == ["model.prototype.num_prototypes", "train.lr"]
 
 
 def test_include_of_an_existing_cell_does_not_duplicate_it():
-    doc = experiment(matrix={"model.num_prototypes": [1, 2]}, include=[{"model.num_prototypes": 2}])
+    doc = experiment(matrix={"model.prototype.num_prototypes": [1, 2]}, include=[{"model.prototype.num_prototypes": 2}])
     assert len(expand(doc).runs) == 2
 
 
@@ -163,7 +163,7 @@ def test_run_id_ignores_resource_fields(path, value):
 
 @pytest.mark.parametrize("path, value", [("train.seed", 1), ("train.iterations", 7), ("train.lr", 0.02),
                                          ("model.backbone", "resnet50"), ("data.synthetic.num_val", 5),
-                                         ("model.num_prototypes", 3), ("eval.flip", True)])
+                                         ("model.prototype.num_prototypes", 3), ("eval.flip", True)])
 def test_run_id_changes_when_a_real_field_changes(path, value):
     plain = expand(experiment()).runs[0].run_id
     doc = experiment(matrix={path: [value]})
@@ -175,8 +175,8 @@ def test_run_id_does_not_depend_on_int_or_float_spelling():
 
 
 def test_adding_a_value_to_an_axis_keeps_the_old_run_ids():
-    old = expand(experiment(matrix={"model.num_prototypes": [1, 2], "train.seed": [0, 1]}))
-    new = expand(experiment(matrix={"model.num_prototypes": [1, 2, 5], "train.seed": [0, 1, 2]}))
+    old = expand(experiment(matrix={"model.prototype.num_prototypes": [1, 2], "train.seed": [0, 1]}))
+    new = expand(experiment(matrix={"model.prototype.num_prototypes": [1, 2, 5], "train.seed": [0, 1, 2]}))
     assert set(ids(old)) < set(ids(new))
     assert len(new.runs) == 9
 
@@ -189,8 +189,8 @@ def test_a_matrix_axis_equal_to_the_base_value_keeps_the_base_run_id():
 
 
 def test_parametric_cells_that_differ_only_in_prototype_fields_collapse():
-    doc = experiment(matrix={"model.head": ["parametric", "nonparametric"], "model.num_prototypes": [1, 2, 5],
-                             "model.gamma": [0.99, 0.999]})
+    doc = experiment(matrix={"model.head": ["parametric", "nonparametric"], "model.prototype.num_prototypes": [1, 2, 5],
+                             "model.prototype.gamma": [0.99, 0.999]})
     sweep = expand(doc)
     parametric = [r for r in sweep.runs if r.spec["model"]["head"] == "parametric"]
     assert len(parametric) == 1
@@ -200,7 +200,7 @@ def test_parametric_cells_that_differ_only_in_prototype_fields_collapse():
     # and its prototype fields are the defaults, whatever the first cell said
     from protoseg import config
 
-    assert parametric[0].spec["model"]["num_prototypes"] == config.DEFAULTS["model"]["num_prototypes"]
+    assert parametric[0].spec["model"]["prototype"]["num_prototypes"] == config.DEFAULTS["model"]["prototype"]["num_prototypes"]
 
 
 def test_parametric_run_id_does_not_depend_on_prototype_fields_in_base():
@@ -232,8 +232,8 @@ def test_unknown_top_level_key(tmp_path):
 
 
 def test_unknown_spec_path_in_matrix(tmp_path):
-    text = load_error(tmp_path, experiment(matrix={"model.num_protoypes": [1, 2]}))
-    assert "model.num_protoypes" in text and "did you mean 'num_prototypes'" in text
+    text = load_error(tmp_path, experiment(matrix={"model.prototype.num_protoypes": [1, 2]}))
+    assert "model.prototype.num_protoypes" in text and "did you mean 'num_prototypes'" in text
 
 
 def test_unknown_section_in_matrix(tmp_path):
@@ -249,8 +249,8 @@ def test_unknown_key_in_base(tmp_path):
 
 
 def test_wrong_value_type_names_the_key_and_the_expected_type(tmp_path):
-    text = load_error(tmp_path, experiment(matrix={"model.num_prototypes": [2, "ten"]}))
-    assert "model.num_prototypes" in text and "'ten'" in text and "int" in text
+    text = load_error(tmp_path, experiment(matrix={"model.prototype.num_prototypes": [2, "ten"]}))
+    assert "model.prototype.num_prototypes" in text and "'ten'" in text and "int" in text
 
 
 def test_wrong_choice_gives_did_you_mean(tmp_path):
@@ -312,14 +312,14 @@ def test_error_names_the_cell(tmp_path):
 
 def test_nothing_is_expanded_when_any_cell_is_invalid(tmp_path):
     """One bad cell among good ones: the whole file is rejected, no partial list of runs."""
-    doc = experiment(matrix={"model.num_prototypes": [1, 2, 3], "model.backbone": ["resnet18", "resnet19"]})
+    doc = experiment(matrix={"model.prototype.num_prototypes": [1, 2, 3], "model.backbone": ["resnet18", "resnet19"]})
     path = write(tmp_path, doc)
     result = None
     with pytest.raises(MatrixError):
         result = matrix.load(path)
     assert result is None
     # an invalid include after valid product cells, too
-    doc = experiment(matrix={"model.num_prototypes": [1, 2]}, include=[{"train.iterations": "many"}])
+    doc = experiment(matrix={"model.prototype.num_prototypes": [1, 2]}, include=[{"train.iterations": "many"}])
     with pytest.raises(MatrixError, match="train.iterations"):
         expand(doc)
 
@@ -380,7 +380,7 @@ def test_matrix_axis_wins_over_a_base_override(tmp_path):
 @pytest.mark.parametrize("item, words", [
     ("foo.bar=1", ["--set foo.bar", "executor.<key>", "base.<spec path>"]),
     ("base=1", ["--set base"]),
-    ("base.model.num_protoypes=3", ["model.num_protoypes", "did you mean 'num_prototypes'"]),
+    ("base.model.prototype.num_protoypes=3", ["model.prototype.num_protoypes", "did you mean 'num_prototypes'"]),
     ("executor.jbos=3", ["executor.jbos", "did you mean 'jobs'"]),
     ("base.train.iterations=many", ["train.iterations", "'many'"]),
 ])

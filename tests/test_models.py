@@ -180,7 +180,7 @@ def test_complexity_is_counted_once_per_architecture_classes_and_size(tmp_path, 
         raise AssertionError("counted again")
 
     monkeypatch.setattr(complexity, "measure", fail)
-    other_seed_and_weights = {**cfg, "pretrained": "x.pth", "gamma": 0.9}
+    other_seed_and_weights = {**cfg, "pretrained": "x.pth", "prototype": {**cfg["prototype"], "gamma": 0.9}}
     assert complexity.measure_cached(model, other_seed_and_weights, 4, (64, 64), tmp_path) == first
     with pytest.raises(AssertionError, match="counted again"):  # another K, size or width is counted
         complexity.measure_cached(model, cfg, 5, (64, 64), tmp_path)

@@ -177,7 +177,7 @@ def test_show_resolves_an_id_prefix_against_results_and_prints_settings_and_log(
     proc = run_harness("show", LITE0_ARGMAX[0][:6], "--lines", "2", results=results)
     assert proc.returncode == 0, proc.stderr
     assert "update_assignment=argmax" in proc.stdout and "done: mIoU" in proc.stdout
-    assert "model.update_assignment: 'argmax'" in proc.stdout  # the spec fields that differ from the defaults
+    assert "model.prototype.update_assignment: 'argmax'" in proc.stdout  # the spec fields that differ from the defaults
 
 
 def test_an_ambiguous_or_unknown_run_is_an_error_naming_candidates(tmp_path):
@@ -197,7 +197,7 @@ def test_diff_prints_the_fields_that_differ(tmp_path):
     proc = run_harness("diff", LITE0_PARAMETRIC[0], LITE0_ARGMAX[1], results=results)
     assert proc.returncode == 0, proc.stderr
     fields = [line.split()[0] for line in proc.stdout.splitlines()[2:]]
-    assert fields == ["model.head", "model.update_assignment", "train.seed"], proc.stdout
+    assert fields == ["model.head", "model.prototype.update_assignment", "train.seed"], proc.stdout
 
 
 def test_evaluate_takes_a_run_id_under_results(tmp_path):

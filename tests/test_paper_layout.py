@@ -11,7 +11,8 @@ from conftest import ROOT
 from harness import cli, matrix, paper_layout, report
 from harness.store import Store
 from protoseg.io import atomic_write_json, load_yaml
-from protoseg.registry import NUM_CLASSES
+from protoseg import config
+from protoseg.registry import DATASETS
 
 TABLE2 = ROOT / "experiments" / "table2.yaml"
 PAPER = load_yaml((ROOT / "results" / "paper" / "protoseg_cvpr22.yaml").read_text())["entries"]
@@ -39,7 +40,7 @@ def made_up_miou(backbone: str, dataset: str, head: str) -> float:
 def made_up_count(backbone: str, head: str, dataset: str) -> int:
     """Learnable parameters as trained; they grow with K, so each dataset's count differs."""
     extra = OURS_EXTRA[backbone] if head == "nonparametric" else 0
-    return FAMILY_COUNT[backbone] + extra + 1000 * (NUM_CLASSES[dataset] - 150)
+    return FAMILY_COUNT[backbone] + extra + 1000 * (DATASETS[dataset].num_classes - 150)
 
 
 def write_run(store: Store, run_id: str, spec: dict, miou: float, **metrics) -> None:
@@ -48,7 +49,7 @@ def write_run(store: Store, run_id: str, spec: dict, miou: float, **metrics) -> 
     count = made_up_count(m["backbone"], m["head"], spec["data"]["dataset"])
     store.prepare(run_id, spec, {})
     atomic_write_json(store.run_dir(run_id) / "metrics.json", {
-        "mIoU": miou, "num_classes": NUM_CLASSES[spec["data"]["dataset"]], "params_learnable_with_aux": count,
+        "mIoU": miou, "num_classes": DATASETS[spec["data"]["dataset"]].num_classes, "params_learnable_with_aux": count,
         "params_learnable": count - (AUX_HEAD if m["aux_head"] else 0), "params_total": count, "macs": 1e9,
         "spec": spec, **metrics})
 
@@ -142,10 +143,10 @@ def test_more_seeds_and_prototype_counts_show_as_mean_std_and_named_ours_rows(tm
     run = next(r for r in matrix.load(TABLE2).runs if r.settings == {"preset": "fcn_r101-ade20k",
                                                                      "model.head": "nonparametric"})
     for run_id, changes, miou in (("seed1", {"train": {"seed": 1}}, made_up_miou("resnet101c", "ade20k", "nonparametric") + 1.0),
-                                  ("m5", {"model": {"num_prototypes": 5}}, 40.0)):
+                                  ("m5", {"model.prototype": {"num_prototypes": 5}}, 40.0)):
         spec = run.spec
         for section, values in changes.items():
-            spec[section].update(values)
+            config.get(spec, section).update(values)
         write_run(store, run_id, spec, miou)
     rows = markdown_rows(paper_md(tmp_path))
     fcn = [r for r in rows if r["Backbone"] == "ResNet-101"]
@@ -238,7 +239,7 @@ def test_parametric_runs_of_two_head_kernels_are_two_rows_not_one_average(tmp_pa
     from harness import report
 
     runs = [{"model.backbone": "hrnet_w48", "model.decoder": "hrnet", "model.head": "parametric",
-             "model.decoder_kernel": kernel, "model.num_prototypes": 10, "data.dataset": "cityscapes",
+             "model.decoder_kernel": kernel, "model.prototype.num_prototypes": 10, "data.dataset": "cityscapes",
              "train.seed": 0, "mIoU": miou, "params_learnable": 1.0, "params_learnable_with_aux": 1.0,
              "macs": 1.0, "num_classes": 19, "model.aux_head": False, "sweep": "t"}
             for kernel, miou in ((None, 70.0), (1, 60.0))]

@@ -136,7 +136,7 @@ def test_syncbn_converts_every_batchnorm_of_backbone_decoder_and_aux_head(family
 
 @pytest.mark.parametrize("world, device", [(1, "cuda"), (2, "cpu"), (1, "cpu")])
 def test_syncbn_stays_batchnorm_with_a_notice_where_it_cannot_run(world, device, capsys):
-    config._told.clear()
+    config.history._told.clear()
     model = build_model(config.resolve({"model": {"backbone": "resnet18", "norm": "SyncBN"}})["model"], 4)
     before = _batchnorms(model)
     assert distributed.sync_batchnorm(model, "SyncBN", world=world, device_type=device) == 0

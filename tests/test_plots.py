@@ -26,8 +26,8 @@ def write_run(sweep: Path, run_id: str, *, backbone: str, head: str, m: int, see
     scene scenes[i] (image value 40 * scene, label and prediction = scene)."""
     folder = sweep / run_id
     folder.mkdir(parents=True)
-    spec = {"model": {"backbone": backbone, "head": head, "num_prototypes": m, "update_assignment": assignment,
-                      "gamma": gamma},
+    spec = {"model": {"backbone": backbone, "head": head,
+                      "prototype": {"num_prototypes": m, "update_assignment": assignment, "gamma": gamma}},
             "data": {"dataset": "camvid"}, "train": {"seed": seed}}
     evals = evals if evals is not None else [(100, miou - 5), (200, miou)]
     proto = {"prototype_diversity": 0.1 + seed / 100, "prototypes_used": 5.0 + seed} if m > 1 else \

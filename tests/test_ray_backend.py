@@ -25,7 +25,7 @@ def write_experiment(folder: Path, name: str, iterations: int = 4, heads=("param
                             "progress": False})
     base["model"]["decoder_channels"] = 32
     doc = {"sweep": name, "base": base,
-           "matrix": {"model.head": list(heads), "model.num_prototypes": list(prototypes), "train.seed": [0, 1]},
+           "matrix": {"model.head": list(heads), "model.prototype.num_prototypes": list(prototypes), "train.seed": [0, 1]},
            "executor": {"backend": backend, "jobs": 2}}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))

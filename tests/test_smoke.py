@@ -88,16 +88,16 @@ def test_table2_smoke_completes_every_cell(tmp_path):
 
 def test_ablations_file_plans_the_official_cell_and_one_cell_per_changed_value():
     runs = matrix.load(ROOT / "experiments" / "ablations.yaml").runs
-    official = {"model.num_prototypes": 10, "model.gamma": 0.999, "model.ppc_weight": 0.01,
-                                "model.ppd_weight": 0.001, "model.update_assignment": "gumbel",
-                                "model.ppc_temperature": 1.0, "model.proj_norm": "width"}
+    official = {"model.prototype.num_prototypes": 10, "model.prototype.gamma": 0.999, "model.prototype.ppc_weight": 0.01,
+                                "model.prototype.ppd_weight": 0.001, "model.prototype.update_assignment": "gumbel",
+                                "model.prototype.ppc_temperature": 1.0, "model.prototype.proj_norm": "width"}
     proto = [r for r in runs if r.value("model.head") == "nonparametric"]
     changed = sorted(tuple(sorted((k, r.value(k)) for k in official if r.value(k) != official[k]))
                      for r in proto)
     assert changed.count(()) == 1 and len(runs) == 15 and len(proto) == 14
-    for key, values in (("model.num_prototypes", {1, 5, 20}), ("model.gamma", {0.0, 0.9, 0.99, 0.9999})):
+    for key, values in (("model.prototype.num_prototypes", {1, 5, 20}), ("model.prototype.gamma", {0.0, 0.9, 0.99, 0.9999})):
         assert {dict(c).get(key) for c in changed if dict(c).get(key) is not None} == values
-    assert (("model.ppc_weight", 0.0), ("model.ppd_weight", 0.0)) in changed
+    assert (("model.prototype.ppc_weight", 0.0), ("model.prototype.ppd_weight", 0.0)) in changed
 
 
 def test_smoke_sizes_sit_beside_the_papers_at_k150_and_a_mismatch_is_marked():
@@ -106,7 +106,7 @@ def test_smoke_sizes_sit_beside_the_papers_at_k150_and_a_mismatch_is_marked():
     entries = [{"backbone": "resnet101c", "decoder": "fcn", "head": "parametric", "params_M": 68.6},
                {"backbone": "resnet101c", "decoder": "fcn", "head": "nonparametric", "params_M": 68.5},
                {"backbone": "hrnet_w48", "decoder": "hrnet", "head": "parametric", "params_M": 65.9}]
-    cell = {"model.decoder_kernel": None, "model.num_prototypes": 10}
+    cell = {"model.decoder_kernel": None, "model.prototype.num_prototypes": 10}
     frame = pd.DataFrame([
         {**cell, "model.backbone": "resnet101c", "model.decoder": "fcn", "model.head": "parametric",
          "num_classes": 19, "params_learnable_with_aux": 68.49e6},

@@ -1,18 +1,10 @@
 """Datasets by name, and `build_dataset` from a resolved `data` section."""
 from __future__ import annotations
 
-import importlib
-
-from ..registry import DATASETS as _PATHS
+from ..registry import DATASETS as _ENTRIES, load
 from .base import SegDataset
 
-
-def _class(path: str) -> type[SegDataset]:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-DATASETS: dict[str, type[SegDataset]] = {name: _class(path) for name, path in _PATHS.items()}
+DATASETS: dict[str, type[SegDataset]] = {name: load(entry.builder) for name, entry in _ENTRIES.items()}
 
 ROLES = ("train", "val")
 

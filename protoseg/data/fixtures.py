@@ -14,6 +14,7 @@ from pathlib import Path
 import mmcv
 import numpy as np
 
+from ..registry import DATASETS, load
 from .cityscapes import FROM_LABEL_IDS
 from .cocostuff import FROM_RAW, RAW_IDS
 
@@ -38,7 +39,7 @@ def _write(path: Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: could not write the fixture file")
 
 
-def _camvid(root, split, count, rng, size):
+def camvid(root, split, count, rng, size):
     lines = []
     for i in range(count):
         stem = f"{split}_{i:04d}"
@@ -48,7 +49,7 @@ def _camvid(root, split, count, rng, size):
     (root / f"{split}.txt").write_text("".join(lines))
 
 
-def _ade20k(root, split, count, rng, size):
+def ade20k(root, split, count, rng, size):
     folder = {"train": "training", "val": "validation"}[split]
     for i in range(count):
         stem = f"ADE_{split}_{i + 1:08d}"
@@ -56,7 +57,7 @@ def _ade20k(root, split, count, rng, size):
         _write(root / "annotations" / folder / f"{stem}.png", _label(rng, size, range(151), 0))
 
 
-def _cityscapes(root, split, count, rng, size):
+def cityscapes(root, split, count, rng, size):
     city = {"train": "aachen", "val": "frankfurt"}[split]
     for i in range(count):
         stem = f"{city}_{i:06d}_000019"
@@ -67,7 +68,7 @@ def _cityscapes(root, split, count, rng, size):
                FROM_LABEL_IDS[label_ids].astype(np.uint8))
 
 
-def _coco_stuff164k(root, split, count, rng, size):
+def coco_stuff164k(root, split, count, rng, size):
     folder = f"{split}2017"
     for i in range(count):
         stem = f"{i + 1:012d}"
@@ -77,7 +78,7 @@ def _coco_stuff164k(root, split, count, rng, size):
         _write(root / "annotations" / folder / f"{stem}_labelTrainIds.png", FROM_RAW[raw].astype(np.uint8))
 
 
-def _coco_stuff10k(root, split, count, rng, size):
+def coco_stuff10k(root, split, count, rng, size):
     name = {"train": "train", "val": "test"}[split]
     stems = [f"COCO_{name}2014_{i + 1:012d}" for i in range(count)]
     for stem in stems:
@@ -87,17 +88,16 @@ def _coco_stuff10k(root, split, count, rng, size):
     (root / "imageLists" / f"{name}.txt").write_text("".join(f"{stem}\n" for stem in stems))
 
 
-WRITERS = {"camvid": _camvid, "ade20k": _ade20k, "cityscapes": _cityscapes, "coco_stuff164k": _coco_stuff164k,
-           "coco_stuff10k": _coco_stuff10k}
-
-
 def write_fixture(name: str, root, images: int = 4, size=(64, 96), seed: int = 0) -> Path:
-    """Write dataset `name` (a key of WRITERS) under `root`; returns the folder to set as data.root."""
-    if name not in WRITERS:
-        raise ValueError(f"write_fixture: no fixture for dataset {name!r}; valid: {', '.join(WRITERS)}")
+    """Write dataset `name` (one whose registry entry names a fixture) under `root`; returns the folder to set
+    as data.root."""
+    writers = {n: entry.fixture for n, entry in DATASETS.items() if entry.fixture}
+    if name not in writers:
+        raise ValueError(f"write_fixture: no fixture for dataset {name!r}; valid: {', '.join(writers)}")
+    writer = load(writers[name])
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for split in ("train", "val"):
-        WRITERS[name](root, split, images, rng, tuple(size))
+        writer(root, split, images, rng, tuple(size))
     return root

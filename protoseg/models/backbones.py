@@ -7,7 +7,6 @@ when dilated to output stride 8), with `.channels` and `.reductions`.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch.nn as nn
 
 from .._compat import prepare_torchvision
 from ..io import expand_env
-from ..registry import BACKBONES
+from ..registry import BACKBONES, load
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +36,10 @@ def build_backbone(model_cfg: dict) -> Backbone:
     name = model_cfg["backbone"]
     if name not in BACKBONES:
         raise ValueError(f"model.backbone is {name!r}; valid: {', '.join(BACKBONES)}")
-    builder, model_name, options = BACKBONES[name]
+    entry = BACKBONES[name]
     weights = weight_file(model_cfg["pretrained"]) if model_cfg["pretrained"] else None
     prepare_torchvision()
-    module, function = builder.split(":")
-    return getattr(importlib.import_module(module), function)(model_name, model_cfg, weights, **options)
+    return load(entry.builder)(entry.variant, model_cfg, weights, **entry.options)
 
 
 def check_output_stride(model_cfg: dict, dilatable: bool = False) -> int:

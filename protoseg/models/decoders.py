@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
+from ..registry import DECODERS, load
+
 
 def _conv(cin: int, cout: int, kernel: int, **kw) -> ConvModule:
     return ConvModule(cin, cout, kernel, padding=kernel // 2, norm_cfg=dict(type="BN", requires_grad=True), **kw)
@@ -113,17 +115,16 @@ class SegFormerDecoder(nn.Module):
         return self.dropout(self.fusion_conv(torch.cat(outs, dim=1)))
 
 
-DECODERS = {"hrnet": HRNetDecoder, "fcn": FCNDecoder, "upernet": UPerNetDecoder, "segformer": SegFormerDecoder}
-
-
 def build_decoder(model_cfg: dict, in_channels: list[int]) -> nn.Module:
+    """The decoder of `model.decoder`, given the common settings and its own (model.decoder_options.<name>)."""
     name = model_cfg["decoder"]
     if name not in DECODERS:
         raise ValueError(f"model.decoder is {name!r}; valid: {', '.join(DECODERS)}")
-    options = {}
+    options = {key: tuple(v) if isinstance(v, list) else v
+               for key, v in model_cfg["decoder_options"].get(name, {}).items()}
     if model_cfg["decoder_kernel"] is not None:
         if name != "hrnet":
             raise ValueError(f"model.decoder_kernel is {model_cfg['decoder_kernel']} for decoder {name!r}; "
                              "it sets the hrnet decoder's fusion conv: valid for this decoder: null")
         options["kernel"] = model_cfg["decoder_kernel"]
-    return DECODERS[name](in_channels, model_cfg["decoder_channels"], model_cfg["dropout"], **options)
+    return load(DECODERS[name].builder)(in_channels, model_cfg["decoder_channels"], model_cfg["dropout"], **options)

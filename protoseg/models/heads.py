@@ -26,6 +26,7 @@ class PrototypeHead(nn.Module):
     similarity to K x M prototypes that are learned without gradient."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: dict):
+        """`cfg`: the spec's model.prototype section."""
         super().__init__()
         dim = cfg["embed_dim"] or in_channels
         self.num_classes, self.num_prototypes = num_classes, cfg["num_prototypes"]
@@ -90,4 +91,4 @@ class PrototypeHead(nn.Module):
 def build_head(model_cfg: dict, in_channels: int, num_classes: int) -> nn.Module:
     if model_cfg["head"] == "parametric":
         return ParametricHead(in_channels, num_classes)
-    return PrototypeHead(in_channels, num_classes, model_cfg)
+    return PrototypeHead(in_channels, num_classes, model_cfg["prototype"])

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 def spec(args) -> dict:
     side, image = args.crop, args.image_size or args.crop
     return {
-        "model": {"backbone": args.backbone, "head": "nonparametric", "num_prototypes": 2},
+        "model": {"backbone": args.backbone, "head": "nonparametric", "prototype": {"num_prototypes": 2}},
         "data": {"crop_size": [side, side], "batch_size": 2,
                  "synthetic": {"image_size": [image, image], "num_train": 8, "num_val": 4}},
         "train": {"iterations": args.iterations, "log_interval": 1, "progress": False, "threads": args.threads},

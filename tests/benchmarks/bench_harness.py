@@ -148,7 +148,7 @@ def build_sweep(root: Path, runs: int, template: dict) -> Path:
         (folder / "spec.yaml").write_text(yaml.safe_dump(metrics["spec"], sort_keys=False))
         settings = {"model.backbone": backbone, "model.head": head, "data.dataset": dataset, "train.seed": seed}
         if head == "nonparametric":
-            settings["model.num_prototypes"] = prototypes
+            settings["model.prototype.num_prototypes"] = prototypes
         (folder / "status.json").write_text(json.dumps({
             "run_id": rid, "state": "done", "attempts": 1, "settings": settings, "created": time.time(),
             "started": time.time(), "finished": time.time(), "updated": time.time(), "host": "node01",
@@ -304,9 +304,9 @@ def bench_overhead(args, workdir: Path) -> None:
 def bench_plan(args, workdir: Path) -> None:
     import resource
 
-    axes = {"model.num_prototypes": list(range(1, 11)), "train.seed": list(range(10)),
+    axes = {"model.prototype.num_prototypes": list(range(1, 11)), "train.seed": list(range(10)),
             "train.lr": [round(0.01 * i, 2) for i in range(1, 11)],
-            "model.gamma": [round(0.9 + 0.01 * i, 2) for i in range(10)],
+            "model.prototype.gamma": [round(0.9 + 0.01 * i, 2) for i in range(10)],
             "train.iterations": list(range(1, 11)), "data.synthetic.seed": list(range(10))}
     cells = 1
     for name in list(axes):
