@@ -1,12 +1,14 @@
 """Tiny datasets in the real on-disk layout of each dataset that reads data.root, for smoke runs and tests.
 
-A dataset's registry entry names its writer (root, split, count, rng, size), built
-from `smooth_image`, `block_label` and `write_image`. `write_fixture(name, root)` writes a train and a val split (COCO-Stuff-10k:
+`write_fixture(name, root)` writes a train and a val split (COCO-Stuff-10k:
 train and test) of `images` frames each: smooth random images (JPEG or PNG as
 the real layout names them) and block labels whose ids are drawn from the
 dataset's raw id space, with a band of its ignore id at the top. Cityscapes and
 COCO-Stuff-164k get both the raw labels and the converted labelTrainIds files,
 as their converters leave them.
+
+A dataset's registry entry names its writer (root, split, count, rng, size); a
+writer is built from `smooth_image`, `block_label` and `write_image`.
 """
 from __future__ import annotations
 
