@@ -99,3 +99,12 @@ def test_normalisation_out_of_range_names_the_key(key, value):
     section, name = key.split(".")
     with pytest.raises(config.SpecError, match=rf"'{key}'"):
         config.resolve({section: {name: value}})
+
+
+def test_the_spec_page_is_written_from_the_field_table():
+    from conftest import ROOT
+    from protoseg.config import reference
+
+    page = (ROOT / "docs" / "spec.md").read_text()
+    assert reference.rewrite(page) == page, "run: python -m protoseg.config.reference docs/spec.md"
+    assert "| `model.prototype.num_prototypes` | 10 | an integer in [1, 1,000]" in page
