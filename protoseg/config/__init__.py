@@ -7,8 +7,8 @@ path and what would be valid. `history.HISTORY` keeps old specs meaning what
 they meant.
 """
 from ..text import did_you_mean
-from .fields import (ANY_LENGTH, CHOICES, DECODER_OPTIONS, DEFAULTS, EVALUATION, FIELDS, PROTOTYPE_SECTION, RESOURCE, TRAINING, UNTYPED,
-                     Field, in_section, tagged)
+from .fields import (ANY_LENGTH, CHOICES, DECODER_OPTIONS, DEFAULTS, EVALUATION, FIELDS, PROTOTYPE_SECTION, RESOURCE,
+                     TRAINING, UNTYPED, Field, in_section, tagged)
 from .history import (HISTORY, SPEC_VERSION, baseline, changed_defaults, first_names, new_name, notice,
                       rename_keys)
 from .paths import flatten, get, set_path

@@ -36,10 +36,12 @@ def field(default, doc: str = "", check: C.Check | None = None, choices=None, ta
 
 
 FIELDS: dict[str, Field] = {
-    "model.backbone": field("resnet18", "a registered backbone (protoseg.registry.BACKBONES)", choices=registry.BACKBONES),
+    "model.backbone": field("resnet18", "a registered backbone (protoseg.registry.BACKBONES)",
+                            choices=registry.BACKBONES),
     "model.pretrained": field(None, "local weight file for the backbone; never downloaded",
                               tags=(UNTYPED, TRAINING)),
-    "model.output_stride": field(32, "8 = dilated last stages (resnet*)", ((lambda v: v in (8, 16, 32)), "8, 16 or 32")),
+    "model.output_stride": field(32, "8 = dilated last stages (resnet*)",
+                                 ((lambda v: v in (8, 16, 32)), "8, 16 or 32")),
     "model.decoder": field("hrnet", "hrnet: stages resized to stride 4, concatenated, Conv3x3-BN-ReLU-Dropout; "
                                     "fcn (mmseg FCNHead) | upernet (PPM + FPN) | segformer (all-MLP)",
                            choices=registry.DECODERS),
@@ -56,7 +58,8 @@ FIELDS: dict[str, Field] = {
     "model.dropout": field(0.1, "dropout before the head", C.BELOW_ONE, tags=(TRAINING,)),
     "model.norm": field("BN", "BN | SyncBN: every BatchNorm (backbone, decoder, aux head) synchronised across "
                               "processes; a single-process or CPU run keeps BatchNorm", choices=("BN", "SyncBN")),
-    "model.head": field("nonparametric", "parametric (Conv1x1 classifier) | nonparametric (ProtoSeg prototypes)", choices=registry.HEADS),
+    "model.head": field("nonparametric", "parametric (Conv1x1 classifier) | nonparametric (ProtoSeg prototypes)",
+                        choices=registry.HEADS),
     "model.class_weights": field(None, "weights of the cross-entropy, one per class; None = equal", C.CLASS_WEIGHTS,
                                  tags=(UNTYPED, TRAINING)),
     "model.prototype.embed_dim": field(None, "projection output; None = decoder channels", C.WIDTH,
@@ -64,15 +67,21 @@ FIELDS: dict[str, Field] = {
     "model.prototype.num_prototypes": field(10, "M, prototypes per class", C.count(
         1, 1000, ": every pixel is scored against classes x M prototypes, and the paper uses up to 20")),
     "model.prototype.gamma": field(0.999, "prototype momentum", C.FRACTION, tags=(TRAINING,)),
-    "model.prototype.update_prototypes": field(True, "in training, move the prototypes towards the correctly predicted pixels assigned to them (momentum gamma)", tags=(TRAINING,)),
-    "model.prototype.update_assignment": field("gumbel", "gumbel (official: a Gumbel hard sample of the Sinkhorn plan) | argmax (the plan's best prototype)", choices=("gumbel", "argmax"),
+    "model.prototype.update_prototypes": field(True, "in training, move the prototypes towards the correctly "
+                                                     "predicted pixels assigned to them (momentum gamma)",
                                                tags=(TRAINING,)),
-    "model.prototype.sinkhorn_epsilon": field(0.05, "entropy weight of the Sinkhorn assignment", C.POSITIVE, tags=(TRAINING,)),
+    "model.prototype.update_assignment": field("gumbel", "gumbel (official: a Gumbel hard sample of the Sinkhorn "
+                                                         "plan) | argmax (the plan's best prototype)",
+                                               choices=("gumbel", "argmax"),
+                                               tags=(TRAINING,)),
+    "model.prototype.sinkhorn_epsilon": field(0.05, "entropy weight of the Sinkhorn assignment", C.POSITIVE,
+                                              tags=(TRAINING,)),
     "model.prototype.sinkhorn_iterations": field(3, "Sinkhorn iterations", C.count(1, 1000), tags=(TRAINING,)),
     "model.prototype.proj_norm": field("width", "width (official quirk: L2 over the W axis of NCHW) | none",
                                        choices=("width", "none")),
     "model.prototype.mask_norm": field(True, "LayerNorm over the K class scores"),
-    "model.prototype.ppc_weight": field(0.01, "loss = CE + ppc_weight PPC + ppd_weight PPD", C.NON_NEGATIVE, tags=(TRAINING,)),
+    "model.prototype.ppc_weight": field(0.01, "loss = CE + ppc_weight PPC + ppd_weight PPD", C.NON_NEGATIVE,
+                                        tags=(TRAINING,)),
     "model.prototype.ppd_weight": field(0.001, "see ppc_weight", C.NON_NEGATIVE, tags=(TRAINING,)),
     "model.prototype.ppc_temperature": field(1.0, "1.0 in the official code, 0.1 in the paper", C.POSITIVE,
                                              tags=(TRAINING,)),
@@ -91,7 +100,8 @@ FIELDS: dict[str, Field] = {
     "data.batch_size": field(8, "the global training batch, split evenly over a run's processes", C.count(1, 4096)),
     "data.val_batch_size": field(1, "validation batch", C.count(1, 4096), tags=(EVALUATION,)),
     "data.num_workers": field(0, "data-loader processes", C.count(0, 1024), tags=(RESOURCE, EVALUATION)),
-    "data.synthetic.num_classes": field(4, "K of the generated scenes", C.count(2, 255, " (labels are 8-bit, 255 is ignore)")),
+    "data.synthetic.num_classes": field(4, "K of the generated scenes",
+                                        C.count(2, 255, " (labels are 8-bit, 255 is ignore)")),
     "data.synthetic.modes_per_class": field(2, "visual modes of each class", C.count(1, 1000)),
     "data.synthetic.image_size": field([128, 128], "[h, w]", C.SIDES),
     "data.synthetic.num_train": field(64, "training images", C.count(1, 10**6)),
