@@ -34,6 +34,16 @@ def conv_module(cin, cout, k):
 OUT_STRIDE = {"hrnet": (4, 4), "fcn": (32, 8), "upernet": (4, 4), "segformer": (4, 4)}
 
 
+def test_a_decoders_own_option_reaches_it_from_the_spec():
+    default = build_decoder(model_cfg(decoder="upernet", decoder_channels=8), IN_CHANNELS)
+    fewer = build_decoder(model_cfg(decoder="upernet", decoder_channels=8,
+                                    decoder_options={"upernet": {"pool_scales": [1, 3]}}), IN_CHANNELS)
+    assert [m[0].output_size for m in default.ppm] == [1, 2, 3, 6]
+    assert [m[0].output_size for m in fewer.ppm] == [1, 3]
+    with pytest.raises(config.SpecError, match="pool_scales.*a non-empty list of integers in"):
+        model_cfg(decoder_options={"upernet": {"pool_scales": [0]}})
+
+
 @pytest.mark.parametrize("name", sorted(DECODERS))
 @pytest.mark.parametrize("dilated", [False, True])
 def test_decoder_output_shape_and_channels(name, dilated):

@@ -189,8 +189,8 @@ def test_a_matrix_axis_equal_to_the_base_value_keeps_the_base_run_id():
 
 
 def test_parametric_cells_that_differ_only_in_prototype_fields_collapse():
-    doc = experiment(matrix={"model.head": ["parametric", "nonparametric"], "model.prototype.num_prototypes": [1, 2, 5],
-                             "model.prototype.gamma": [0.99, 0.999]})
+    doc = experiment(matrix={"model.head": ["parametric", "nonparametric"],
+                             "model.prototype.num_prototypes": [1, 2, 5], "model.prototype.gamma": [0.99, 0.999]})
     sweep = expand(doc)
     parametric = [r for r in sweep.runs if r.spec["model"]["head"] == "parametric"]
     assert len(parametric) == 1
@@ -200,14 +200,24 @@ def test_parametric_cells_that_differ_only_in_prototype_fields_collapse():
     # and its prototype fields are the defaults, whatever the first cell said
     from protoseg import config
 
-    assert parametric[0].spec["model"]["prototype"]["num_prototypes"] == config.DEFAULTS["model"]["prototype"]["num_prototypes"]
+    assert parametric[0].spec["model"]["prototype"] == config.DEFAULTS["model"]["prototype"]
 
 
 def test_parametric_run_id_does_not_depend_on_prototype_fields_in_base():
     a = experiment(matrix={"model.head": ["parametric"]})
     b = experiment(matrix={"model.head": ["parametric"]})
-    b["base"]["model"].update(num_prototypes=7, ppc_weight=0.5, update_assignment="argmax")
+    b["base"]["model"]["prototype"] = {"num_prototypes": 7, "ppc_weight": 0.5, "update_assignment": "argmax"}
     assert ids(expand(a)) == ids(expand(b))
+
+
+def test_cells_that_differ_only_in_another_decoders_options_collapse():
+    doc = experiment(matrix={"model.decoder": ["fcn", "upernet"],
+                             "model.decoder_options.upernet.pool_scales": [[1, 2, 3, 6], [1, 3]]})
+    runs = expand(doc).runs
+    assert sorted(r.value("model.decoder") for r in runs) == ["fcn", "upernet", "upernet"]
+    fcn = next(r for r in runs if r.value("model.decoder") == "fcn")
+    assert fcn.settings == {"model.decoder": "fcn"} and fcn.value("model.decoder_options.upernet.pool_scales") == \
+        [1, 2, 3, 6]
 
 
 def test_parametric_cells_differing_in_a_real_field_do_not_collapse():
