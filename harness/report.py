@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,13 +29,27 @@ UNKNOWN = "n/a"  # a reference column's number is not transcribed for this row (
 # Spec fields with a place of their own in the table; any other field that varies goes into the method label.
 PLACED = {"model.backbone", "model.decoder", "data.dataset", "model.head", "model.prototype.num_prototypes",
           "train.seed"}
+
+
+class Column(NamedTuple):
+    """A column of the table shown only where some run has its metric (the mean over the row's seeds)."""
+    header: str  # after the dataset's name: "camvid FPS"
+    digits: int
+    legend: str  # its line in the caption; {devices} is replaced by the devices the runs were timed on
+
+
+# {metrics.json key: Column}: a new column of the table is one entry here. Besides these, one column per
+# `harness evaluate` file name (its mIoU).
+COLUMNS = {
+    "prototype_diversity": Column("diversity", 3, "diversity = mean cosine similarity between a class's "
+                                                  "prototypes (1 = collapsed)"),
+    "prototypes_used": Column("protos used", 2, "protos used = prototypes per class nearest to at least one "
+                                                "validation pixel of it"),
+    "inference_fps": Column("FPS", 1, "FPS = validation images per second at batch 1, the whole inference protocol "
+                                      "(MMSegmentation's benchmark convention){devices}"),
+}
 SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_learnable_with_aux", "params_total",
-           "macs", "flops", "train_time_s", "prototype_diversity", "prototypes_used", "inference_fps", "train_img_s",
-           "device")
-# Columns shown only where some run has them: {metric: (its column's name after the dataset, digits)}.
-# Besides these, one column per `harness evaluate` file name (its mIoU).
-DIAGNOSTICS = {"prototype_diversity": ("diversity", 3), "prototypes_used": ("protos used", 2),
-               "inference_fps": ("FPS", 1)}
+           "macs", "flops", "train_time_s", "train_img_s", "device", *COLUMNS)
 EVAL_NAME = re.compile(r"eval-[A-Za-z0-9_-]+")  # protoseg/evaluate.py file_name()
 # What each reference column (results/paper/*.yaml `column:`) holds, for the captions.
 REFERENCE_SOURCES = {
@@ -101,7 +116,7 @@ def _eval_scores(run_dir: str) -> dict:
 def extra_columns(frame: pd.DataFrame) -> list[str]:
     """The diagnostics and evaluation-file columns that hold a value in some row, in table order."""
     evals = sorted(c for c in frame.columns if EVAL_NAME.fullmatch(c))
-    return [c for c in [*DIAGNOSTICS, *evals] if c in frame.columns and frame[c].notna().any()]
+    return [c for c in [*COLUMNS, *evals] if c in frame.columns and frame[c].notna().any()]
 
 
 def _value_text(value) -> str:
@@ -245,7 +260,8 @@ def paper_table(agg: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
     datasets = list(dict.fromkeys(agg["data.dataset"]))
     decoders = agg["model.decoder"].nunique() > 1
     pm = " $\\pm$ " if latex else " ± "
-    extra = {c: DIAGNOSTICS.get(c, (f"{c} mIoU", 1)) for c in extra_columns(agg)}
+    extra = {c: (COLUMNS[c].header, COLUMNS[c].digits) if c in COLUMNS else (f"{c} mIoU", 1)
+             for c in extra_columns(agg)}
     rows, means = [], {d: [] for d in datasets}
     per_dataset = len(datasets) > 1
     references_of = {dataset: reference_columns(agg, dataset) for dataset in datasets}
@@ -358,14 +374,11 @@ def caption(frame: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
         parts.append(f"Iterations: {', '.join(map(str, iters))}.")
     parts.append(f"Protocol: {protocols(frame)}.")
     extra = extra_columns(frame)
-    if any(c in ("prototype_diversity", "prototypes_used") for c in extra):
-        parts.append("diversity = mean cosine similarity between a class's prototypes (1 = collapsed); "
-                     "protos used = prototypes per class nearest to at least one validation pixel of it.")
-    if "inference_fps" in extra:
+    legends = [COLUMNS[c].legend for c in extra if c in COLUMNS]
+    if legends:
         devices = sorted(set(frame.get("device", pd.Series(dtype=str)).dropna()))
-        parts.append(f"FPS = validation images per second at batch 1, the whole inference protocol "
-                     f"(MMSegmentation's benchmark convention){' on ' + ', '.join(devices) if devices else ''}.")
-    if any(c not in DIAGNOSTICS for c in extra):
+        parts.append("; ".join(legends).format(devices=" on " + ", ".join(devices) if devices else "") + ".")
+    if any(c not in COLUMNS for c in extra):
         parts.append("eval-... mIoU = the final weights scored by harness evaluate (the name gives the split, "
                      "the inference protocol and, for another data root, a hash of it).")
     return " ".join(parts)
