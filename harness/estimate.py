@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from protoseg import config
-from protoseg.engine import pick_device
+from protoseg.distributed import pick_device
 from protoseg.losses import total_loss
 from protoseg.models import build_model
 from protoseg.optim import build_optimizer

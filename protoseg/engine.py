@@ -10,7 +10,6 @@ the same weights and metrics as a run that was never interrupted.
 from __future__ import annotations
 
 import argparse
-import inspect
 import contextlib
 import io
 import logging
@@ -27,13 +26,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint, complexity, config, diagnostics, distributed, provenance, speed
 from .board import Board
 from .data import build_dataset
+from .data.sampler import TrainBatches
 from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
 from .io import (Guard, LostClaim, atomic_write_bytes, atomic_write_json, atomic_write_yaml, open_append, read_yaml,
@@ -54,45 +53,6 @@ class Interrupted(RuntimeError):
     """`stop()` asked the run to end early; a checkpoint of the current iteration is on disk."""
 
 
-class TrainBatches:
-    """Batch sampler of (index, sample_seed) pairs for iterations [start, end).
-
-    Each epoch is a permutation drawn from (seed, epoch) and each sample's
-    augmentation seed is (seed, epoch, position), so the data of iteration i
-    depends on nothing but i: a resumed run sees exactly the batches that an
-    uninterrupted one would, whatever the worker count. `batch_size` is the
-    global batch; process `rank` of `world` takes its slice [rank::world].
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, end: int,
-                 rank: int = 0, world: int = 1):
-        self.size, self.batch_size, self.seed, self.start, self.end = size, batch_size, seed, start, end
-        self.rank, self.world = rank, world
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size))
-        return self._perm[1]
-
-    def __iter__(self):
-        for it in range(self.start, self.end):
-            batch = []
-            for pos in range(it * self.batch_size, (it + 1) * self.batch_size):
-                epoch, i = divmod(pos, self.size)
-                batch.append((int(self._permutation(epoch)[i]), (self.seed, epoch, i)))
-            yield batch[self.rank::self.world]
-
-    def __len__(self):
-        return self.end - self.start
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -109,16 +69,6 @@ def _check_world(spec: dict, world: int) -> None:
     if batch_size % world:
         raise ValueError(f"data.batch_size is {batch_size}, the global batch, which {world} processes "
                          f"cannot split evenly: make it a multiple of the world size {world}")
-
-
-def _wrap(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
-    """DDP without find_unused_parameters: every parameter of every registered backbone and head gets a gradient."""
-    # No buffer broadcast at each forward: the head averages the prototypes over ranks itself, and
-    # BN statistics are unused in training mode (run_eval takes rank 0's). torch 2.13 renamed the flag.
-    flag = "forward_sync_buffers"
-    if flag not in inspect.signature(DistributedDataParallel).parameters:
-        flag = "broadcast_buffers"
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **{flag: False})
 
 
 def _loader_worker_init(worker_id: int) -> None:
@@ -204,7 +154,7 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
     """
     spec = config.resolve(spec)
     run_dir = Path(run_dir)
-    rank, world = distributed.init_from_env(pick_device(spec["train"]["device"]).type)
+    rank, world = distributed.init_from_env(distributed.pick_device(spec["train"]["device"]).type)
     handler = None
     try:
         _check_world(spec, world)
@@ -267,7 +217,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
            guard) -> dict:
     mcfg, dcfg, tcfg = spec["model"], spec["data"], spec["train"]
     main = rank == 0
-    device = pick_device(tcfg["device"])
+    device = distributed.pick_device(tcfg["device"])
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's, set by init_from_env
     _configure_torch(tcfg)
@@ -290,7 +240,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     start, history, evals, train_time, throughput = _resume(run_dir, stateful, rank, world, tcfg["seed"])
     code = provenance.provenance() if main else None  # of the code this attempt imported, read as it starts
     threads = torch.get_num_threads()  # the first attempt's, once _resume has set it
-    net = _wrap(model, device) if world > 1 else model
+    net = distributed.wrap_ddp(model, device) if world > 1 else model
 
     def save(it: int) -> None:
         rngs = {"rank_rngs": distributed.all_gather(checkpoint.rng_state())} if world > 1 else {}
@@ -303,7 +253,7 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
         distributed.barrier()  # no rank goes on, or leaves on Interrupted, before the checkpoint is on disk
 
     def run_eval(check: Callable[[], None] | None = None) -> dict:
-        distributed.broadcast_from_main(model.buffers())  # BN statistics are rank-local (see _wrap)
+        distributed.broadcast_from_main(model.buffers())  # BN statistics are rank-local (see distributed.wrap_ddp)
         loader = DataLoader(val_set, batch_size=dcfg["val_batch_size"], num_workers=dcfg["num_workers"],
                             worker_init_fn=_loader_worker_init)
         batches = loader if check is None else _checked(loader, check)

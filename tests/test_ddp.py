@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_spec
 from protoseg import checkpoint, engine
+from protoseg.data.sampler import TrainBatches
 from protoseg.models.prototypes import assign, average_over_ranks, momentum_update, sinkhorn_plan
 
 WORLD = 2
@@ -89,8 +90,8 @@ def test_ddp_ranks_end_with_the_mean_of_their_updates(tmp_path):
 # --- engine.run as two CPU processes (gloo), started through the torchrun environment variables
 
 def test_the_ranks_slices_make_up_the_global_batch():
-    single = list(engine.TrainBatches(10, 4, seed=3, start=0, end=6))
-    ranks = [list(engine.TrainBatches(10, 4, seed=3, start=0, end=6, rank=r, world=WORLD)) for r in range(WORLD)]
+    single = list(TrainBatches(10, 4, seed=3, start=0, end=6))
+    ranks = [list(TrainBatches(10, 4, seed=3, start=0, end=6, rank=r, world=WORLD)) for r in range(WORLD)]
     for it, batch in enumerate(single):
         assert [len(r[it]) for r in ranks] == [4 // WORLD] * WORLD
         assert sorted(sum((r[it] for r in ranks), [])) == sorted(batch)
