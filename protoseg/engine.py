@@ -37,9 +37,8 @@ from .data.transforms import eval_transform
 from .inference import evaluate, predict_logits
 from .io import (Guard, LostClaim, atomic_write_bytes, atomic_write_json, atomic_write_yaml, open_append, read_yaml,
                  refuse_link)
-from .losses import total_loss
 from .models import build_model
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, train_step
 from .speed import StepTimes, fps_budget, inference_fps, peak_memory
 
 log = logging.getLogger("protoseg")
@@ -213,6 +212,19 @@ def _resume(run_dir: Path, stateful: dict, rank: int, world: int,
     return state["iteration"], state["history"], state["evals"], state["train_time"], state.get("throughput")
 
 
+def _mean_loss(loss: torch.Tensor, parts: dict, run_dir: Path, iteration: int, tcfg: dict) -> tuple[float, dict]:
+    """The loss and its parts, each the mean over ranks: it is logged, and a NaN on any rank stops every rank
+    at once (NonFiniteLoss, before the step that would spoil the weights)."""
+    value, *part_values = distributed.all_mean(torch.stack([loss, *parts.values()]).detach()).tolist()
+    part_values = dict(zip(parts, part_values))
+    if not math.isfinite(value):
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in part_values.items())
+        raise NonFiniteLoss(f"{run_dir}: loss is {value} at iteration {iteration} ({detail}); "
+                            f"lower train.lr (now {tcfg['lr']}) or check the data. "
+                            f"The last checkpoint before it is kept.")
+    return value, part_values
+
+
 def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int, board_dir: Path,
            guard) -> dict:
     mcfg, dcfg, tcfg = spec["model"], spec["data"], spec["train"]
@@ -277,21 +289,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     tick = time.perf_counter()
     for it, (images, labels) in enumerate(loader, start=start):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, enabled=use_amp):
-            out = net(images, labels)
-        loss, parts = total_loss(out, labels, mcfg)
-        # the mean over ranks: it is logged, and a NaN on any rank stops every rank at once
-        value, *part_values = distributed.all_mean(torch.stack([loss, *parts.values()]).detach()).tolist()
-        part_values = dict(zip(parts, part_values))
-        if not math.isfinite(value):
-            detail = ", ".join(f"{k}={v:.4g}" for k, v in part_values.items())
-            raise NonFiniteLoss(f"{run_dir}: loss is {value} at iteration {it + 1} ({detail}); "
-                                f"lower train.lr (now {tcfg['lr']}) or check the data. "
-                                f"The last checkpoint before it is kept.")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        value, part_values = train_step(net, optimizer, scaler, images, labels, mcfg, use_amp,
+                                        inspect=lambda loss, parts: _mean_loss(loss, parts, run_dir, it + 1, tcfg))
         scheduler.step()
         done = it + 1
         now = time.perf_counter()

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from conftest import tiny_spec
-from protoseg import checkpoint, engine
+from protoseg import checkpoint, engine, optim
 from protoseg.data.sampler import TrainBatches
 from protoseg.models.prototypes import assign, average_over_ranks, momentum_update, sinkhorn_plan
 
@@ -121,7 +121,7 @@ def _engine_worker(rank: int, jobs: list, runs_root: str, out_dir: str) -> None:
     written = []
     if rank != 0:
         _record_writes(runs_root, written)
-    loss_fn = engine.total_loss
+    loss_fn = optim.total_loss
     for job in jobs:
         os.environ["MASTER_PORT"] = str(job["port"])
         polls, calls = itertools.count(1), itertools.count(1)
@@ -133,7 +133,7 @@ def _engine_worker(rank: int, jobs: list, runs_root: str, out_dir: str) -> None:
             loss, parts = loss_fn(*args)
             return (loss * float("nan"), parts) if [rank, next(calls)] == job.get("nan_at") else (loss, parts)
 
-        engine.total_loss = total_loss
+        optim.total_loss = total_loss
         try:
             metrics = engine.run(job["spec"], job["dir"], stop)
             outcome = {"history": metrics["history"], "confusion": metrics["confusion"]}
