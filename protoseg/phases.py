@@ -166,7 +166,7 @@ def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, guard, 
 
 
 def _metrics(spec: dict, val_set, result: dict, counts: dict, fps: dict, record: Recorder, train_time: float,
-                   phase_seconds: dict, device: torch.device, world: int, code: dict | None) -> dict:
+             phase_seconds: dict, device: torch.device, world: int, code: dict | None) -> dict:
     """metrics.json: the final evaluation's `result`, the complexity `counts`, the records of training, the
     speed (`fps`, inference) and where and with what it ran."""
     iterations, batch_size = spec["train"]["iterations"], spec["data"]["batch_size"]
