@@ -86,7 +86,7 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
     the folder `complexity_cache` when one is given (the harness gives one per results folder).
 
     `stop` is polled once per iteration: when it returns True a checkpoint is
-    written and `Interrupted` is raised (preemption, SIGTERM, a Tune stop). After the last iteration
+    written and `phases.Interrupted` is raised (preemption, SIGTERM, a Tune stop). After the last iteration
     (its checkpoint written) it is polled between the phases that follow training and inside them
     (each evaluation batch, each module of the MAC count, each FPS image, each prediction image; at most
     every phases.STOP_POLL_S seconds), so a stop there raises `Interrupted` too and a rerun redoes only those
