@@ -312,7 +312,7 @@ def cmd_estimate(args) -> int:
         print("nothing left to run")
         return 0
     rows = estimate.estimate(sweep, args.steps, args.iterations, args.batch, args.crop_scale)
-    from protoseg.engine import pick_device
+    from protoseg.distributed import pick_device
 
     print(estimate.render(rows, str(pick_device(sweep.runs[0].value("train.device"))),
                           estimate.parallelism(sweep.executor, len(sweep.runs))))

@@ -17,10 +17,9 @@ import torch
 from tqdm import tqdm
 
 from protoseg import config
-from protoseg.engine import pick_device
-from protoseg.losses import total_loss
+from protoseg.distributed import pick_device
 from protoseg.models import build_model
-from protoseg.optim import build_optimizer
+from protoseg.optim import build_optimizer, train_step
 from protoseg.speed import sync
 
 from .matrix import RunSpec, Sweep, settings_text
@@ -45,8 +44,8 @@ def scaled_crop(crop: list[int], scale: float) -> tuple[int, int]:
 
 
 def time_step(spec: dict, batch: int, steps: int, crop: tuple[int, int] | None = None) -> float:
-    """Seconds per training step (forward, loss, backward, optimizer) after one untimed step,
-    at `crop` (default: the spec's)."""
+    """Seconds per training step (optim.train_step, as the engine takes it: forward, loss, backward,
+    optimizer) after one untimed step, at `crop` (default: the spec's)."""
     device = pick_device(spec["train"]["device"])
     k = config.num_classes(config.flatten(spec))
     model = build_model({**spec["model"], "pretrained": None}, k).to(device).train()
@@ -55,16 +54,13 @@ def time_step(spec: dict, batch: int, steps: int, crop: tuple[int, int] | None =
     images = torch.randn(batch, 3, h, w, device=device)
     labels = torch.randint(0, k, (batch, h, w), device=device)
     amp = spec["train"]["amp"] and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start = 0.0
     for step in range(steps + 1):
         if step == 1:
             sync(device)
             start = time.perf_counter()
-        with torch.autocast(device_type=device.type, enabled=amp):
-            loss, _ = total_loss(model(images, labels), labels, spec["model"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, scaler, images, labels, spec["model"], amp)
     sync(device)
     return (time.perf_counter() - start) / steps
 

@@ -48,6 +48,12 @@ def board_dir(store: Store, rid: str) -> Path:
     return store.dir / ".tensorboard" / (f"{label} ({rid})" if label else rid)
 
 
+def complexity_cache(store: Store) -> Path:
+    """The results folder's cache of MAC and FLOP counts, one for all its sweeps: an architecture is counted
+    once however many sweeps and runs it has."""
+    return store.root / ".complexity"
+
+
 LOST = 75  # exit code of a worker whose run was taken over (EX_TEMPFAIL): it wrote nothing more
 
 
@@ -79,6 +85,8 @@ def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = No
 
 def _execute(store: Store, rid: str, who: dict, token: str, stop: threading.Event,
              requeue: threading.Event | None, engine) -> int:
+    from protoseg.phases import Interrupted
+
     store.retake(rid, who, token)
     if store.is_done(rid):  # last guard: a done run is never trained again
         store.release(rid, token)
@@ -108,10 +116,11 @@ def _execute(store: Store, rid: str, who: dict, token: str, stop: threading.Even
     try:
         metrics = engine.run(load_spec(store.run_dir(rid)), store.run_dir(rid),
                              stop=lambda: stop.is_set() or lost.is_set() or cancel.exists(),
-                             board_dir=board_dir(store, rid), guard=store.guard(rid, token))
+                             board_dir=board_dir(store, rid), guard=store.guard(rid, token),
+                             complexity_cache=complexity_cache(store))
         store.update(rid, token, state="done", mIoU=metrics["mIoU"], finished=time.time(), error=None)
         return 0
-    except engine.Interrupted as err:
+    except Interrupted as err:
         if lost.is_set():
             raise LostClaim(f"{store.run_dir(rid)}: another process took this run over; stopped") from None
         if cancel.exists():

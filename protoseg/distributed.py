@@ -1,16 +1,26 @@
 """The process group of a multi-process run, from the environment that torchrun
 sets (and the SLURM backend exports): RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT. Without a group of two or more, every helper is a
-no-op, so single-process code runs unchanged."""
+no-op, so single-process code runs unchanged. Also the device a run's spec names, and the
+DistributedDataParallel wrapping of its model."""
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 _created = False  # destroy() tears down only a group that init_from_env made
+
+
+def pick_device(name: str) -> torch.device:
+    """train.device: "auto" is CUDA where there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _active() -> bool:
@@ -105,3 +115,13 @@ def sync_batchnorm(model: torch.nn.Module, norm: str, world: int, device_type: s
     count = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     convert_sync_batchnorm(model)
     return count
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP without find_unused_parameters: every parameter of every registered backbone and head gets a gradient."""
+    # No buffer broadcast at each forward: the head averages the prototypes over ranks itself, and
+    # BN statistics are unused in training mode (the engine evaluates with rank 0's). torch 2.13 renamed the flag.
+    flag = "forward_sync_buffers"
+    if flag not in inspect.signature(DistributedDataParallel).parameters:
+        flag = "broadcast_buffers"
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **{flag: False})

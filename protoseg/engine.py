@@ -10,13 +10,10 @@ the same weights and metrics as a run that was never interrupted.
 from __future__ import annotations
 
 import argparse
-import inspect
 import contextlib
-import io
 import logging
 import math
 import os
-import platform
 import random
 import signal
 import sys
@@ -27,70 +24,23 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from . import checkpoint, complexity, config, diagnostics, distributed, provenance, speed
-from .board import Board
+from . import checkpoint, config, diagnostics, distributed, provenance
 from .data import build_dataset
-from .data.transforms import eval_transform
-from .inference import evaluate, predict_logits
-from .io import (Guard, LostClaim, atomic_write_bytes, atomic_write_json, atomic_write_yaml, open_append, read_yaml,
-                 refuse_link)
-from .losses import total_loss
+from .data.sampler import TrainBatches
+from .inference import evaluate
+from .io import Guard, atomic_write_json, atomic_write_yaml, read_yaml, refuse_link
 from .models import build_model
-from .optim import build_optimizer, build_scheduler
-from .speed import StepTimes, fps_budget, inference_fps, peak_memory
+from .optim import build_optimizer, build_scheduler, train_step
+from .phases import Interrupted, Phases, after_training, checked
+from .recorder import Recorder, attach_log
 
 log = logging.getLogger("protoseg")
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: the run stops, the last checkpoint stays valid."""
-
-
-class Interrupted(RuntimeError):
-    """`stop()` asked the run to end early; a checkpoint of the current iteration is on disk."""
-
-
-class TrainBatches:
-    """Batch sampler of (index, sample_seed) pairs for iterations [start, end).
-
-    Each epoch is a permutation drawn from (seed, epoch) and each sample's
-    augmentation seed is (seed, epoch, position), so the data of iteration i
-    depends on nothing but i: a resumed run sees exactly the batches that an
-    uninterrupted one would, whatever the worker count. `batch_size` is the
-    global batch; process `rank` of `world` takes its slice [rank::world].
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, end: int,
-                 rank: int = 0, world: int = 1):
-        self.size, self.batch_size, self.seed, self.start, self.end = size, batch_size, seed, start, end
-        self.rank, self.world = rank, world
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size))
-        return self._perm[1]
-
-    def __iter__(self):
-        for it in range(self.start, self.end):
-            batch = []
-            for pos in range(it * self.batch_size, (it + 1) * self.batch_size):
-                epoch, i = divmod(pos, self.size)
-                batch.append((int(self._permutation(epoch)[i]), (self.seed, epoch, i)))
-            yield batch[self.rank::self.world]
-
-    def __len__(self):
-        return self.end - self.start
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _seed_everything(seed: int) -> None:
@@ -111,16 +61,6 @@ def _check_world(spec: dict, world: int) -> None:
                          f"cannot split evenly: make it a multiple of the world size {world}")
 
 
-def _wrap(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
-    """DDP without find_unused_parameters: every parameter of every registered backbone and head gets a gradient."""
-    # No buffer broadcast at each forward: the head averages the prototypes over ranks itself, and
-    # BN statistics are unused in training mode (run_eval takes rank 0's). torch 2.13 renamed the flag.
-    flag = "forward_sync_buffers"
-    if flag not in inspect.signature(DistributedDataParallel).parameters:
-        flag = "broadcast_buffers"
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **{flag: False})
-
-
 def _loader_worker_init(worker_id: int) -> None:
     """A DataLoader worker process ignores the terminal's SIGINT and SIGHUP, which reach the whole process
     group (Ctrl-C, a dropped ssh session): the run's own process stops the run at its next check and ends
@@ -138,64 +78,19 @@ def _configure_torch(train_cfg: dict) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-class _RunLog(logging.FileHandler):
-    """train.log: never through a symbolic link, and each line written inside the run's `guard` (a
-    line the guard refuses, once another process took the run over, is dropped)."""
-
-    def __init__(self, path: Path, guard):
-        self.guard = guard
-        super().__init__(path, delay=False)
-
-    def _open(self):
-        return open_append(self.baseFilename)
-
-    def emit(self, record):
-        try:
-            with self.guard():
-                super().emit(record)
-        except LostClaim:
-            pass
-        except Exception:  # a log line never stops training
-            self.handleError(record)
-
-
-def _attach_log(run_dir: Path, guard) -> logging.Handler:
-    handler = _RunLog(run_dir / "train.log", guard)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
-
-
-def _save_predictions(model, dataset, spec: dict, device, run_dir: Path, guard, count: int = 4,
-                      check: Callable[[], None] = lambda: None) -> None:
-    """A few validation images with label and prediction, for the report's figures; spread over the split,
-    since neighbouring frames of a video dataset look alike. `check()` before each image (it may raise)."""
-    images, labels, preds = [], [], []
-    for i in np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int).tolist():
-        check()
-        image, label = dataset.load(i)
-        tensor, _ = eval_transform(image, label, dataset.mean, dataset.std)
-        logits = predict_logits(model.eval(), tensor[None].to(device), spec["eval"], dataset.num_classes)
-        images.append(image)
-        labels.append(np.asarray(label, dtype=np.uint8))
-        preds.append(logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8))
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=np.stack(images), labels=np.stack(labels), preds=np.stack(preds))
-    atomic_write_bytes(run_dir / "predictions.npz", buffer.getvalue(), guard)
-
-
 def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
-        board_dir: str | Path | None = None, guard: Guard = contextlib.nullcontext) -> dict:
+        board_dir: str | Path | None = None, guard: Guard = contextlib.nullcontext,
+        complexity_cache: str | Path | None = None) -> dict:
     """Train, evaluate and write `run_dir/metrics.json`; return the metrics. TensorBoard event files go
-    to `board_dir` (default `run_dir/tensorboard`).
+    to `board_dir` (default `run_dir/tensorboard`). The MAC and FLOP counts are kept in, and taken from,
+    the folder `complexity_cache` when one is given (the harness gives one per results folder).
 
     `stop` is polled once per iteration: when it returns True a checkpoint is
-    written and `Interrupted` is raised (preemption, SIGTERM, a Tune stop). After the last iteration
+    written and `phases.Interrupted` is raised (preemption, SIGTERM, a Tune stop). After the last iteration
     (its checkpoint written) it is polled between the phases that follow training and inside them
     (each evaluation batch, each module of the MAC count, each FPS image, each prediction image; at most
-    every STOP_POLL_S seconds), so a stop there raises `Interrupted` too and a rerun redoes only those
-    phases. progress.json's "phase" and a train.log line name each phase as it starts (PHASES).
+    every phases.STOP_POLL_S seconds), so a stop there raises `Interrupted` too and a rerun redoes only those
+    phases. progress.json's "phase" and a train.log line name each phase as it starts (phases.PHASES).
     Started as one of WORLD_SIZE > 1 processes (torchrun, or SLURM through
     submitit), it trains with DistributedDataParallel and rank 0 alone writes.
     `guard`: a context manager each write to `run_dir` happens in (io.atomic_write_bytes); it raises
@@ -204,7 +99,7 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
     """
     spec = config.resolve(spec)
     run_dir = Path(run_dir)
-    rank, world = distributed.init_from_env(pick_device(spec["train"]["device"]).type)
+    rank, world = distributed.init_from_env(distributed.pick_device(spec["train"]["device"]).type)
     handler = None
     try:
         _check_world(spec, world)
@@ -213,9 +108,10 @@ def run(spec: dict, run_dir: str | Path, stop: Callable[[], bool] | None = None,
             run_dir.mkdir(parents=True, exist_ok=True)
             refuse_link(run_dir / "checkpoints", "checkpoints folder")
             atomic_write_yaml(run_dir / "spec.yaml", spec, guard)
-            handler = _attach_log(run_dir, guard)
+            handler = attach_log(run_dir, guard)
         return _train(spec, run_dir, stop or (lambda: False), rank, world,
-                      Path(board_dir) if board_dir else run_dir / "tensorboard", guard)
+                      Path(board_dir) if board_dir else run_dir / "tensorboard", guard,
+                      Path(complexity_cache) if complexity_cache else None)
     except Exception as err:
         if isinstance(err, Interrupted):
             log.info("%s", err)
@@ -263,23 +159,62 @@ def _resume(run_dir: Path, stateful: dict, rank: int, world: int,
     return state["iteration"], state["history"], state["evals"], state["train_time"], state.get("throughput")
 
 
-def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int, board_dir: Path,
-           guard) -> dict:
-    mcfg, dcfg, tcfg = spec["model"], spec["data"], spec["train"]
-    main = rank == 0
-    device = pick_device(tcfg["device"])
+def _mean_loss(loss: torch.Tensor, parts: dict, run_dir: Path, iteration: int, tcfg: dict) -> tuple[float, dict]:
+    """The loss and its parts, each the mean over ranks: it is logged, and a NaN on any rank stops every rank
+    at once (NonFiniteLoss, before the step that would spoil the weights)."""
+    value, *part_values = distributed.all_mean(torch.stack([loss, *parts.values()]).detach()).tolist()
+    part_values = dict(zip(parts, part_values))
+    if not math.isfinite(value):
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in part_values.items())
+        raise NonFiniteLoss(f"{run_dir}: loss is {value} at iteration {iteration} ({detail}); "
+                            f"lower train.lr (now {tcfg['lr']}) or check the data. "
+                            f"The last checkpoint before it is kept.")
+    return value, part_values
+
+
+def _device(name: str, world: int) -> torch.device:
+    device = distributed.pick_device(name)
     if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's, set by init_from_env
-    _configure_torch(tcfg)
-    _seed_everything(tcfg["seed"])
-    train_set, val_set = build_dataset(dcfg, "train"), build_dataset(dcfg, "val")
-    model = build_model(mcfg, train_set.num_classes)
+        return torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's, set by init_from_env
+    return device
+
+
+def _build_model(mcfg: dict, num_classes: int, world: int, device: torch.device, main: bool) -> torch.nn.Module:
+    model = build_model(mcfg, num_classes)
     synced = distributed.sync_batchnorm(model, mcfg["norm"], world, device.type)
     if synced and main:
         log.info("SyncBN: %d BatchNorm layers synchronised across %d processes", synced, world)
-    model = model.to(device)
+    return model.to(device)
+
+
+def _train_loader(train_set, dcfg: dict, tcfg: dict, start: int, rank: int, world: int) -> DataLoader:
+    return DataLoader(
+        train_set, num_workers=dcfg["num_workers"], worker_init_fn=_loader_worker_init,
+        batch_sampler=TrainBatches(len(train_set), dcfg["batch_size"], tcfg["seed"], start, tcfg["iterations"],
+                                   rank, world),
+        # its own generator: creating the loader must not draw from the global RNG
+        generator=torch.Generator().manual_seed(tcfg["seed"]))
+
+
+def _run_eval(model, val_set, spec: dict, device, check: Callable[..., None] | None = None) -> dict:
+    """The model's evaluation on `val_set`; `check` (phases.checked) before each batch."""
+    distributed.broadcast_from_main(model.buffers())  # BN statistics are rank-local (see distributed.wrap_ddp)
+    loader = DataLoader(val_set, batch_size=spec["data"]["val_batch_size"], num_workers=spec["data"]["num_workers"],
+                        worker_init_fn=_loader_worker_init)
+    batches = loader if check is None else checked(loader, check)
+    return evaluate(model, batches, spec["eval"], val_set.num_classes, val_set.class_names, device)
+
+
+def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world: int, board_dir: Path,
+           guard, complexity_cache: Path | None) -> dict:
+    mcfg, dcfg, tcfg = spec["model"], spec["data"], spec["train"]
+    main, iterations = rank == 0, tcfg["iterations"]
+    device = _device(tcfg["device"], world)
+    _configure_torch(tcfg)
+    _seed_everything(tcfg["seed"])
+    train_set, val_set = build_dataset(dcfg, "train"), build_dataset(dcfg, "val")
+    model = _build_model(mcfg, train_set.num_classes, world, device, main)
     optimizer = build_optimizer(model, tcfg)
-    iterations = tcfg["iterations"]
     scheduler = build_scheduler(optimizer, tcfg)
     use_amp = tcfg["amp"] and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -290,7 +225,9 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
     start, history, evals, train_time, throughput = _resume(run_dir, stateful, rank, world, tcfg["seed"])
     code = provenance.provenance() if main else None  # of the code this attempt imported, read as it starts
     threads = torch.get_num_threads()  # the first attempt's, once _resume has set it
-    net = _wrap(model, device) if world > 1 else model
+    net = distributed.wrap_ddp(model, device) if world > 1 else model
+    loader = _train_loader(train_set, dcfg, tcfg, start, rank, world)
+    record = Recorder(run_dir, guard, board_dir, tcfg, dcfg["batch_size"], start, history, evals, throughput, main)
 
     def save(it: int) -> None:
         rngs = {"rank_rngs": distributed.all_gather(checkpoint.rng_state())} if world > 1 else {}
@@ -298,238 +235,42 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
             checkpoint.save(run_dir, it, {
                 **{key: obj.state_dict() for key, obj in stateful.items()},
                 "history": history, "evals": evals, "train_time": train_time, "threads": threads,
-                "throughput": steps.summary(dcfg["batch_size"]) if steps.times else throughput, **rngs},
+                "throughput": record.throughput(), **rngs},
                 tcfg["keep_checkpoints"], guard)
         distributed.barrier()  # no rank goes on, or leaves on Interrupted, before the checkpoint is on disk
 
-    def run_eval(check: Callable[[], None] | None = None) -> dict:
-        distributed.broadcast_from_main(model.buffers())  # BN statistics are rank-local (see _wrap)
-        loader = DataLoader(val_set, batch_size=dcfg["val_batch_size"], num_workers=dcfg["num_workers"],
-                            worker_init_fn=_loader_worker_init)
-        batches = loader if check is None else _checked(loader, check)
-        return evaluate(model, batches, spec["eval"], val_set.num_classes, val_set.class_names, device)
-
-    loader = DataLoader(
-        train_set, num_workers=dcfg["num_workers"], worker_init_fn=_loader_worker_init,
-        batch_sampler=TrainBatches(len(train_set), dcfg["batch_size"], tcfg["seed"], start, iterations,
-                                   rank, world),
-        # its own generator: creating the loader must not draw from the global RNG
-        generator=torch.Generator().manual_seed(tcfg["seed"]))
-    bar = tqdm(total=iterations, initial=start, disable=not (tcfg["progress"] and main), dynamic_ncols=True,
-               desc=run_dir.name, file=sys.stderr,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)  # a log file gets a line per 30 s
     net.train()
-    steps = StepTimes()
-    board = Board(board_dir, purge_step=start + 1 if start else None) if main else None
-    # progress.json's fields at the last logged iteration (from the history on a resume past the last)
-    progress = {"iteration": start, "iterations": iterations, "it_per_s": None,
-                **({"loss": history[-1]["loss"]} if history else {})}
     tick = time.perf_counter()
     for it, (images, labels) in enumerate(loader, start=start):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, enabled=use_amp):
-            out = net(images, labels)
-        loss, parts = total_loss(out, labels, mcfg)
-        # the mean over ranks: it is logged, and a NaN on any rank stops every rank at once
-        value, *part_values = distributed.all_mean(torch.stack([loss, *parts.values()]).detach()).tolist()
-        part_values = dict(zip(parts, part_values))
-        if not math.isfinite(value):
-            detail = ", ".join(f"{k}={v:.4g}" for k, v in part_values.items())
-            raise NonFiniteLoss(f"{run_dir}: loss is {value} at iteration {it + 1} ({detail}); "
-                                f"lower train.lr (now {tcfg['lr']}) or check the data. "
-                                f"The last checkpoint before it is kept.")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        value, parts = train_step(net, optimizer, scaler, images, labels, mcfg, use_amp,
+                                  inspect=lambda loss, terms: _mean_loss(loss, terms, run_dir, it + 1, tcfg))
         scheduler.step()
         done = it + 1
         now = time.perf_counter()
         train_time += now - tick
-        steps.add(now - tick)
+        record.step(done, now - tick, value, parts, optimizer.param_groups[0]["lr"])
         tick = now
-        bar.update(1)
-        if done % tcfg["log_interval"] == 0 or done == iterations:
-            record = {"iteration": done, "loss": value, "lr": optimizer.param_groups[0]["lr"],
-                      **part_values}
-            history.append(record)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{record['lr']:.2e}")
-            log.info("iter %d/%d loss %.4f lr %.3e", done, iterations, value, record["lr"])
-            if board is not None:
-                board.train(done, value, part_values, record["lr"], steps.recent(dcfg["batch_size"]))
-            if main:
-                progress = {"iteration": done, "iterations": iterations, "loss": value,
-                            "it_per_s": bar.format_dict.get("rate"), "phase": "training"}
-                atomic_write_json(run_dir / "progress.json", {**progress, "time": time.time()}, guard)
         if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done < iterations:
-            result = run_eval()
-            evals.append(_eval_record(done, result))
-            if board is not None:
-                board.evaluation(done, result)
-            log.info("iter %d eval mIoU %s%s", done, result["mIoU"], diagnostics.describe(result))
+            record.evaluation(done, _run_eval(model, val_set, spec, device))
             tick = time.perf_counter()
         interrupted = distributed.any_rank(stop())
         if done % tcfg["checkpoint_interval"] == 0 or done == iterations or interrupted:
             save(done)
             tick = time.perf_counter()
         if interrupted and done < iterations:
-            bar.close()
-            if board is not None:
-                board.close()
+            record.close()
             raise Interrupted(f"{run_dir}: stopped at iteration {done}; checkpoint saved")
-    bar.close()
+    record.close_bar()
 
-    after = _Phases(run_dir, guard, stop, progress if main else None)
-    try:
-        after.start("evaluating", f"the final model on the {len(val_set)} image(s) of '{dcfg['val_split']}'",
-                    every_rank=True)
-        result = run_eval(after.check)
-        if board is not None:
-            board.evaluation(iterations, result)
-        if result["mIoU"] is None:  # written as done, such a run would be redone and fail the same forever
-            raise ValueError(f"no pixel of the '{dcfg['val_split']}' split has a class label (all 255, "
-                             f"ignored?): its mIoU is undefined; check its label files")
-        counts, fps = {}, {}
-        if main:  # the other ranks wait for rank 0 in the last any_rank below
-            size = tuple(spec["eval"]["complexity_size"])
-            cache = _complexity_cache(run_dir)
-            counts = complexity.lookup(mcfg, val_set.num_classes, size, cache)
-            if counts is None:
-                after.start("counting MACs", f"and FLOPs at {size[0]}x{size[1]}"
-                            + (f" (kept for the results folder in {cache})" if cache else ""))
-                counts = complexity.measure_cached(model, mcfg, val_set.num_classes, size, cache, guard,
-                                                   after.check)
-            else:
-                log.info("MACs and FLOPs at %dx%d: from %s", *size, cache)
-            fps_s = fps_budget(spec["eval"]["fps_max_s"], train_time)
-            if spec["eval"]["fps_images"] and len(val_set):
-                after.start("timing FPS", f"at batch 1 for at most {fps_s:.1f} s (eval.fps_max_s "
-                            f"{spec['eval']['fps_max_s']:g}, {speed.FPS_TRAIN_FRACTION:g} x {train_time:.1f} s of "
-                            f"training, at least {speed.FPS_MIN_S:g} s) after {spec['eval']['fps_warmup']} untimed")
-            fps = inference_fps(model, val_set, spec["eval"], val_set.num_classes, device, fps_s, after.check)
-            after.start("saving predictions", "of a few validation images")
-            _save_predictions(model, val_set, spec, device, run_dir, guard, check=after.check)
-        after.end()
-        stopped = None
-    except Interrupted as err:
-        stopped = err
-    finally:
-        if board is not None:
-            board.close()
-    # every rank stops, or none: one rank alone past here would wait at the barrier for the others forever
-    if distributed.any_rank(stopped is not None):
-        raise stopped or Interrupted(f"{run_dir}: another process of the run was stopped after training; "
-                                     f"the checkpoint of iteration {iterations} is kept")
-    if throughput is not None and not steps.times:  # this attempt trained no step (its first stopped after)
-        step_summary = throughput
-    else:
-        step_summary = steps.summary(dcfg["batch_size"])
-    metrics = {
-        **result,
-        **counts,
-        "evals": evals + [_eval_record(iterations, result)],
-        "history": history,
-        "iterations": iterations,
-        "num_classes": val_set.num_classes,
-        "class_names": list(val_set.class_names),
-        "train_time_s": train_time,
-        "eval_time_s": after.seconds.get("evaluating"),
-        "after_training_s": after.seconds,
-        "throughput_img_s": iterations * dcfg["batch_size"] / max(train_time, 1e-9),
-        **step_summary,
-        **fps,
-        **peak_memory(device),
-        "spec": spec,
-        "device": str(device),
-        "host": platform.node(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "world_size": world,
-        "provenance": code,
-    }
+    phases = Phases(run_dir, guard, stop, record.progress)
+    metrics = after_training(phases, lambda check: _run_eval(model, val_set, spec, device, check), model, val_set,
+                             spec, device, record, train_time, complexity_cache, world, code)
     if main:
         atomic_write_json(run_dir / "metrics.json", metrics, guard)
-        log.info("done: mIoU %s%s", metrics["mIoU"], diagnostics.describe(result))
+        log.info("done: mIoU %s%s", metrics["mIoU"], diagnostics.describe(metrics))
     distributed.barrier()  # on every rank, returning means metrics.json is on disk
     return metrics
-
-
-STOP_POLL_S = 0.2  # after training, `stop` is asked at most this often inside a phase (it may stat a file)
-# what progress.json's "phase" says: training, then each phase after it in this order
-PHASES = ("training", "evaluating", "counting MACs", "timing FPS", "saving predictions")
-
-
-class _Phases:
-    """The phases after training: each one's start goes to progress.json ("phase", with the fields of
-    the last training record, on the main process) and to train.log, after asking `stop`; `check` asks
-    it inside a phase. A stop raises Interrupted; the last iteration's checkpoint is on disk by then."""
-
-    def __init__(self, run_dir: Path, guard, stop: Callable[[], bool], progress: dict | None):
-        self.run_dir, self.guard, self.stop, self.progress = run_dir, guard, stop, progress
-        self.phase, self.began, self.asked = "training", time.perf_counter(), 0.0
-        self.seconds: dict[str, float] = {}
-
-    def _stopped(self, every_rank: bool = False) -> None:
-        self.asked = time.perf_counter()
-        stop = self.stop()
-        if distributed.any_rank(stop) if every_rank else stop:
-            when = "after training" if self.phase == "training" else f"while {self.phase}, after training"
-            iteration = f" ({self.progress['iteration']})" if self.progress else ""
-            raise Interrupted(f"{self.run_dir}: stopped {when}; the checkpoint of its last iteration{iteration} "
-                              f"is kept, so a rerun redoes only what follows training")
-
-    def check(self, now: bool = False) -> None:
-        """Ask `stop` (at most every STOP_POLL_S seconds, unless `now`); Interrupted when it says stop."""
-        if now or time.perf_counter() - self.asked >= STOP_POLL_S:
-            self._stopped()
-
-    def end(self) -> None:
-        now = time.perf_counter()
-        if self.phase != "training":
-            self.seconds[self.phase] = now - self.began
-        self.began = now
-
-    def start(self, phase: str, detail: str = "", every_rank: bool = False) -> None:
-        """`every_rank`: all processes of the run start this phase together and stop together (a collective:
-        the phase itself begins with one)."""
-        self.end()
-        self._stopped(every_rank)  # a stop asked during the phase before
-        self.phase = phase
-        log.info("%s %s", phase, detail)
-        if self.progress is not None:
-            atomic_write_json(self.run_dir / "progress.json",
-                              {**self.progress, "phase": phase, "time": time.time()}, self.guard)
-
-
-def _checked(batches, check: Callable[..., None]):
-    """`batches`, with `check()` before each is fetched and handed on (it may raise to stop). A fetch that
-    fails while a stop is asked is the stop's doing (Ctrl-C reaches the loader's worker processes too, and
-    one that starts at that moment dies of it): `check(now=True)` raises the stop instead of the failure."""
-    iterator = iter(batches)
-    while True:
-        check()
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except Exception:
-            check(now=True)
-            raise
-        yield batch
-
-
-def _complexity_cache(run_dir: Path) -> Path | None:
-    """The results folder's cache of complexity counts (RESULTS/.complexity, one for all its sweeps: one
-    architecture is counted once however many sweeps and runs it has), for a run of a harness sweep
-    (RESULTS/SWEEP/RUN_ID, SWEEP holding sweep.json); None for a run elsewhere."""
-    sweep = run_dir.resolve().parent
-    return sweep.parent / ".complexity" if (sweep / "sweep.json").is_file() else None
-
-
-def _eval_record(iteration: int, result: dict) -> dict:
-    """One entry of metrics.json's `evals`: the mIoU and, for a prototype head, the diagnostics' means."""
-    return {"iteration": iteration, "mIoU": result["mIoU"],
-            **{key: result[key] for key in diagnostics.EVAL_KEYS if key in result}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, metrics.json)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec field, e.g. --set model.head=parametric")
+    parser.add_argument("--complexity-cache", metavar="DIR",
+                        help="a folder that keeps the MAC and FLOP counts for other runs of the same architecture "
+                             "(harness sweeps use RESULTS/.complexity); default: counted, not kept")
     args = parser.parse_args(argv)
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING)  # the progress bar shows the rest; train.log has it all
@@ -560,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     try:
-        metrics = run(spec, args.out, stop=lambda: requested["stop"])
+        metrics = run(spec, args.out, stop=lambda: requested["stop"], complexity_cache=args.complexity_cache)
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return 143

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint, config
+from .distributed import pick_device
 from .data import build_dataset
-from .engine import pick_device
 from .inference import evaluate
 from .io import atomic_write_json, refuse_link
 from .models import build_model

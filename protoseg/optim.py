@@ -8,11 +8,16 @@ weight decay on norm layers and position tables (by name, as mmseg's
 paramwise_cfg: ConvModule's BatchNorm is named "bn" and keeps its decay),
 and a larger learning rate for the decoder and head (SegFormer: 10x).
 Warm-up then poly as mmseg 1.x: PolyLR runs from the end of the warm-up.
+One training step (`train_step`) is taken here too, for the engine and for `harness estimate`'s timing.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
+
+from .losses import total_loss
 
 # mmseg's paramwise custom_keys (Swin, SegFormer): decay_mult 0 where the parameter's name contains one
 NO_DECAY_KEYS = ("norm", "relative_position_bias_table", "absolute_pos_embed", "pos_block")
@@ -52,3 +57,20 @@ def lr_factor(it: int, tcfg: dict) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: dict) -> torch.optim.lr_scheduler.LambdaLR:
     # LambdaLR keeps the checkpoint layout of every earlier version, so their runs resume
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, tcfg))
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images: torch.Tensor, labels: torch.Tensor, model_cfg: dict, amp: bool,
+               inspect: Callable[[torch.Tensor, dict], object] = lambda loss, parts: None):
+    """One training step: the forward pass (under autocast when `amp`), the loss and its parts, then
+    `inspect(loss, parts)`, which may raise to leave the weights as they are, then backward and the optimizer
+    step through `scaler` (AMP's loss scaling; a pass-through when disabled). Returns what `inspect` returned."""
+    with torch.autocast(device_type=images.device.type, enabled=amp):
+        out = net(images, labels)
+    loss, parts = total_loss(out, labels, model_cfg)
+    inspected = inspect(loss, parts)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return inspected

@@ -23,7 +23,7 @@ from conftest import run_harness, start_harness, tiny_experiment, tiny_spec, wai
 from harness import matrix
 from harness.backends import local
 from harness.store import Store
-from protoseg import complexity, config, engine, speed
+from protoseg import complexity, config, engine, phases, speed
 from protoseg.io import LinkRefused
 from protoseg.models import build_model
 
@@ -46,27 +46,27 @@ def training_lines(run_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def two_sweeps(tmp_path_factory):
-    """A run in each of two sweeps of one results folder (as harness lays them out), the FPS timing
+    """A run in each of two sweeps of one results folder (as harness lays them out, with the folder's count
+    cache, as the worker gives it), the FPS timing
     asked for far more images than a short run should spend time on: (results folder, the phases
     progress.json showed each time a run asked `stop`, the metrics of each)."""
     results = tmp_path_factory.mktemp("after") / "results"
     spec = tiny_spec(train={"iterations": 4}, eval={"fps_images": 10**6, "fps_warmup": 1, "fps_max_s": 60.0})
     seen, metrics = {}, {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "STOP_POLL_S", 0.0, raising=False)  # ask at every chance: each phase is seen
+        patch.setattr(phases, "STOP_POLL_S", 0.0)  # ask at every chance: each phase is seen
         for sweep in ("first", "second"):
             (results / sweep).mkdir(parents=True)
-            (results / sweep / "sweep.json").write_text("{}")
             run_dir = results / sweep / "run"
             seen[sweep] = []
 
-            def stop(run_dir=run_dir, phases=seen[sweep]) -> bool:
+            def stop(run_dir=run_dir, shown=seen[sweep]) -> bool:
                 phase = phase_of(run_dir)
-                if not phases or phases[-1] != phase:
-                    phases.append(phase)
+                if not shown or shown[-1] != phase:
+                    shown.append(phase)
                 return False
 
-            metrics[sweep] = engine.run(spec, run_dir, stop=stop)
+            metrics[sweep] = engine.run(spec, run_dir, stop=stop, complexity_cache=results / ".complexity")
     return results, seen, metrics
 
 
@@ -152,12 +152,12 @@ def test_the_count_cache_is_never_read_or_written_through_a_symbolic_link(tmp_pa
 
 @pytest.mark.slow
 def test_a_stop_in_each_phase_after_training_interrupts_and_a_rerun_does_not_train_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "STOP_POLL_S", 0.0, raising=False)  # ask at every chance: each phase is short
+    monkeypatch.setattr(phases, "STOP_POLL_S", 0.0)  # ask at every chance: each phase is short
     spec = tiny_spec(train={"iterations": 6})  # past speed.WARMUP_STEPS: a throughput is measured
     whole = engine.run(spec, tmp_path / "whole")
     run_dir = tmp_path / "stopped"
     for phase in AFTER:
-        with pytest.raises(engine.Interrupted, match=f"stopped while {phase}, after training"):
+        with pytest.raises(phases.Interrupted, match=f"stopped while {phase}, after training"):
             engine.run(spec, run_dir, stop=lambda phase=phase: phase_of(run_dir) == phase)
         assert not (run_dir / "metrics.json").exists()
         assert (run_dir / "checkpoints" / "iter_00000006.pt").is_file()

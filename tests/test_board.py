@@ -50,11 +50,11 @@ def test_each_run_of_a_sweep_writes_its_curves_named_by_its_settings(tmp_path, m
 
 def test_a_resumed_run_shows_each_step_once(tmp_path):
     from conftest import tiny_spec
-    from protoseg import engine
+    from protoseg import engine, phases
 
     spec = tiny_spec(train={"iterations": 6, "log_interval": 1, "checkpoint_interval": 2})
     calls = iter(range(100))
-    with pytest.raises(engine.Interrupted):
+    with pytest.raises(phases.Interrupted):
         engine.run(spec, tmp_path / "run", stop=lambda: next(calls) >= 2)  # stops after step 3
     engine.run(spec, tmp_path / "run")
     (steps,) = [[s for s, _ in tags["train/loss"]] for tags in _scalars(tmp_path / "run" / "tensorboard").values()]

@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from conftest import tiny_spec
-from protoseg import checkpoint, engine
+from protoseg import checkpoint, engine, optim
+from protoseg.data.sampler import TrainBatches
 from protoseg.models.prototypes import assign, average_over_ranks, momentum_update, sinkhorn_plan
 
 WORLD = 2
@@ -89,8 +90,8 @@ def test_ddp_ranks_end_with_the_mean_of_their_updates(tmp_path):
 # --- engine.run as two CPU processes (gloo), started through the torchrun environment variables
 
 def test_the_ranks_slices_make_up_the_global_batch():
-    single = list(engine.TrainBatches(10, 4, seed=3, start=0, end=6))
-    ranks = [list(engine.TrainBatches(10, 4, seed=3, start=0, end=6, rank=r, world=WORLD)) for r in range(WORLD)]
+    single = list(TrainBatches(10, 4, seed=3, start=0, end=6))
+    ranks = [list(TrainBatches(10, 4, seed=3, start=0, end=6, rank=r, world=WORLD)) for r in range(WORLD)]
     for it, batch in enumerate(single):
         assert [len(r[it]) for r in ranks] == [4 // WORLD] * WORLD
         assert sorted(sum((r[it] for r in ranks), [])) == sorted(batch)
@@ -120,7 +121,7 @@ def _engine_worker(rank: int, jobs: list, runs_root: str, out_dir: str) -> None:
     written = []
     if rank != 0:
         _record_writes(runs_root, written)
-    loss_fn = engine.total_loss
+    loss_fn = optim.total_loss
     for job in jobs:
         os.environ["MASTER_PORT"] = str(job["port"])
         polls, calls = itertools.count(1), itertools.count(1)
@@ -132,7 +133,7 @@ def _engine_worker(rank: int, jobs: list, runs_root: str, out_dir: str) -> None:
             loss, parts = loss_fn(*args)
             return (loss * float("nan"), parts) if [rank, next(calls)] == job.get("nan_at") else (loss, parts)
 
-        engine.total_loss = total_loss
+        optim.total_loss = total_loss
         try:
             metrics = engine.run(job["spec"], job["dir"], stop)
             outcome = {"history": metrics["history"], "confusion": metrics["confusion"]}

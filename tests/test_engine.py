@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from conftest import ROOT, kill_at, tiny_spec
-from protoseg import checkpoint, engine
+from protoseg import checkpoint, engine, phases
 
 
 def _final_weights(run_dir: Path) -> dict:
@@ -48,7 +48,7 @@ def test_stop_request_checkpoints_and_resume_matches_uninterrupted(tmp_path, spe
         calls["n"] += 1
         return calls["n"] == 3
 
-    with pytest.raises(engine.Interrupted):
+    with pytest.raises(phases.Interrupted):
         engine.run(spec, tmp_path / "split", stop=stop_after_three)
     assert (tmp_path / "split" / "checkpoints" / "iter_00000003.pt").exists()
     resumed = engine.run(spec, tmp_path / "split")

@@ -162,13 +162,13 @@ class RunJob:
 
 def _follow(run_dir: str) -> int:
     """DDP ranks > 0: train alongside rank 0, which keeps the store; the engine stops all ranks together."""
-    from protoseg import engine
+    from protoseg import engine, phases
 
     from ..store import load_spec
 
     try:
         engine.run(load_spec(Path(run_dir)), run_dir)
-    except engine.Interrupted:
+    except phases.Interrupted:
         return 143
     return 0
 
