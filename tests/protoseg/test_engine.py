@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, kill_at, tiny_spec
+from conftest import ROOT, SHARED_DATA, kill_at, tiny_spec
 from protoseg import checkpoint, engine, phases
 
 
@@ -115,10 +115,10 @@ def test_cli_rejects_an_unknown_key_before_running(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/camvid-240x180").is_dir(),
+@pytest.mark.skipif(not (SHARED_DATA / "camvid-240x180").is_dir(),
                     reason="../shared/data/camvid-240x180 is not present")
 def test_a_run_on_real_camvid_images(tmp_path):
-    root = Path(__file__).resolve().parents[2] / "shared/data/camvid-240x180"
+    root = SHARED_DATA / "camvid-240x180"
     spec = tiny_spec(data={"dataset": "camvid", "root": str(root), "crop_size": [64, 64], "batch_size": 2},
                      train={"iterations": 2, "checkpoint_interval": 2, "progress": False, "threads": 2})
     metrics = engine.run(spec, tmp_path)

@@ -1,4 +1,4 @@
-"""tests/benchmarks/gpu_check.sh: the one-command GPU check runs on CPU too, at small sizes, and prints
+"""benchmarks/gpu_check.sh: the one-command GPU check runs on CPU too, at small sizes, and prints
 every figure it promises."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conftest import ROOT
 
 @pytest.mark.slow
 def test_gpu_check_prints_step_times_fps_and_prototype_step_ratios_on_cpu():
-    proc = subprocess.run([str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, capture_output=True,
                           text=True, timeout=900, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout

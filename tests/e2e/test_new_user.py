@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_harness, tiny_experiment
+from conftest import FIXTURES, ROOT, run_harness, tiny_experiment
 from harness import estimate
 from harness.selection import Selection, SelectionError, StoredRun
 
@@ -254,7 +254,7 @@ def test_estimate_leaves_out_done_cells_and_gives_the_wall_clock(tmp_path):
     ids = planned(run_harness("run", path, "--dry-run", results=results).stdout)
     done = results / "pick" / ids[0]
     done.mkdir(parents=True)
-    fixture = ROOT / "tests" / "fixtures" / "results_v1" / "v1sweep" / "28c0b06337a5"
+    fixture = FIXTURES / "results_v1" / "v1sweep" / "28c0b06337a5"
     shutil.copy(fixture / "metrics.json", done / "metrics.json")
     assert json.loads((done / "metrics.json").read_text())["mIoU"] is not None
     proc = run_harness("estimate", path, "--steps", "1", results=results)

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_harness
+from conftest import FIXTURES, ROOT, run_harness
 from harness import identity, matrix, report
 from harness.store import Store
 from protoseg import config
 
-FIXTURES = ROOT / "tests" / "fixtures"
 V1_RESULTS = FIXTURES / "results_v1"
 V1_SWEEP = FIXTURES / "v1sweep.yaml"
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"

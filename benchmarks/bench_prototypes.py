@@ -1,6 +1,6 @@
 """Benchmark: vectorised prototype step vs the official per-class loop.
 
-    python tests/benchmarks/bench_prototypes.py [--device cpu|cuda|all] [--weights bool|real|both] [--repeats 5]
+    python benchmarks/bench_prototypes.py [--device cpu|cuda|all] [--weights bool|real|both] [--repeats 5]
 
 One training step's prototype work at Cityscapes/ADE-like scale: N = 2 x 128
 x 128 pixels (batch 2 at stride 4 of 512 x 512), D = 720, M = 10, K in
@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-_TESTS = Path(__file__).resolve().parents[1]
-_ROOT = _TESTS.parent
+_ROOT = Path(__file__).resolve().parents[1]
+_TESTS = _ROOT / "tests"
 for _p in (str(_TESTS), str(_ROOT)):
     if _p not in sys.path:
         sys.path.insert(0, _p)

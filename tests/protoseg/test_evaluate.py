@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, tiny_spec
+from conftest import FIXTURES, tiny_spec
 from harness import cli, report
 from protoseg import engine
 from protoseg.evaluate import EvaluationError, evaluate_run
 
-FIXTURE_SWEEP = ROOT / "tests" / "fixtures" / "results_v1" / "v1sweep"
+FIXTURE_SWEEP = FIXTURES / "results_v1" / "v1sweep"
 
 
 @pytest.fixture(scope="module")

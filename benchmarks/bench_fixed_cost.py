@@ -1,6 +1,6 @@
 """Benchmark: the fixed cost of a run, everything but its training steps, broken down by phase.
 
-    python tests/benchmarks/bench_fixed_cost.py [--backbone resnet18] [--crop 32] [--image-size SIDE]
+    python benchmarks/bench_fixed_cost.py [--backbone resnet18] [--crop 32] [--image-size SIDE]
                                                 [--iterations 4] [--complexity-size 512 512]
                                                 [--fps-images 200] [--runs 3]
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 

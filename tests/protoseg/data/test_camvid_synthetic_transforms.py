@@ -16,7 +16,9 @@ from protoseg.data.camvid import CamVid
 from protoseg.data.synthetic import SyntheticScenes
 from protoseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
-CAMVID = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "camvid-240x180"
+from conftest import SHARED_DATA
+
+CAMVID = SHARED_DATA / "camvid-240x180"
 needs_camvid = pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not found at {CAMVID}")
 
 

@@ -3,7 +3,7 @@ head on the same backbone and decoder, plus eval-mode MACs and parameters and,
 with --fps N, the inference FPS of both heads (batch 1, 5 warm-up images, then
 N timed, synchronised: MMSegmentation's benchmark convention).
 
-    python tests/benchmarks/bench_train_step.py [--backbone resnet18] [--size 256 [W]] [--batch 2] [--amp]
+    python benchmarks/bench_train_step.py [--backbone resnet18] [--size 256 [W]] [--batch 2] [--amp]
                                                 [--fps 50]
 """
 from __future__ import annotations

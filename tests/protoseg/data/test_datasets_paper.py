@@ -18,7 +18,9 @@ from protoseg.data.cocostuff import COCOStuff10k, COCOStuff164k
 from protoseg.data.fixtures import write_fixture
 from protoseg.registry import DATASETS as ENTRIES, NEEDS_ROOT
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ade20k-samples"
+from conftest import SHARED_DATA
+
+SHARED = SHARED_DATA / "ade20k-samples"
 ADE_SAMPLES = SHARED / "ADEChallengeData2016"
 needs_ade_samples = pytest.mark.skipif(not ADE_SAMPLES.is_dir(), reason=f"ADE20K samples not found at {ADE_SAMPLES}")
 

@@ -5,7 +5,6 @@ stand-in `srun` is put on PATH (the real submissions are in test_slurm_backend).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from harness.backends import slurm
 
 pytestmark = pytest.mark.usefixtures("fake_srun")
 
-GOLDEN = Path(__file__).parent / "golden" / "sbatch_example_gpu.sh"
+GOLDEN = ROOT / "tests" / "golden" / "sbatch_example_gpu.sh"
 
 
 

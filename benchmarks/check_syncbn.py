@@ -3,7 +3,7 @@ different images on each rank leaves identical BatchNorm statistics on every ran
 BatchNorm would not). Needs CUDA; with one GPU there is one rank, so the synchronisation itself is not
 exercised (said in the output). Prints one line per check.
 
-    python tests/benchmarks/check_syncbn.py [--backbone hrnet_w48] [--size 256 512]
+    python benchmarks/check_syncbn.py [--backbone hrnet_w48] [--size 256 512]
 """
 from __future__ import annotations
 

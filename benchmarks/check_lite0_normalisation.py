@@ -1,6 +1,6 @@
 """Which input normalisation the installed EfficientNet-Lite0 weights were trained with.
 
-    python tests/benchmarks/check_lite0_normalisation.py [--images N] [--root ../shared/data/camvid-240x180]
+    python benchmarks/check_lite0_normalisation.py [--images N] [--root ../shared/data/camvid-240x180]
 
 The TF EfficientNet-Lite builder trains on (x - 127) / 128 ("inception style",
 for post-quantisation); timm records mean = std = 0.5 for its TF ports, which
@@ -40,7 +40,7 @@ CANDIDATES = {"ImageNet 0.485/0.229 (mmseg)": (IMAGENET_MEAN, IMAGENET_STD),
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=str(Path(__file__).parents[2].parent / "shared/data/camvid-240x180"))
+    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/camvid-240x180"))
     parser.add_argument("--images", type=int, default=64)
     args = parser.parse_args()
     prepare_torchvision()

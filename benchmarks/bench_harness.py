@@ -2,7 +2,7 @@
 10,000 finished runs, and the local backend's cost per run over calling the
 engine directly.
 
-    python tests/benchmarks/bench_harness.py [--runs 10000] [--repeats 3] [--overhead-runs 4]
+    python benchmarks/bench_harness.py [--runs 10000] [--repeats 3] [--overhead-runs 4]
                                              [--skip-report] [--skip-overhead] [--profile]
 
 (a) builds a synthetic sweep of --runs run folders in a temp dir (metrics.json
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
