@@ -35,7 +35,7 @@ def _sweep_name(target: str) -> str:
 
 def _sweeps(results: Path, target: str | None) -> list[Store]:
     if target:
-        store = Store(results, _sweep_name(target))
+        store = Store(results, _sweep_name(target), backends.alive)
         if not store.dir.is_dir():
             known = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != "paper"
                            and not p.name.startswith(".")) if results.is_dir() else []
@@ -43,7 +43,7 @@ def _sweeps(results: Path, target: str | None) -> list[Store]:
         return [store]
     if not results.is_dir():
         return []
-    return [Store(results, p.name) for p in sorted(results.iterdir())
+    return [Store(results, p.name, backends.alive) for p in sorted(results.iterdir())
             if p.is_dir() and SWEEP_NAME.match(p.name) and p.name != "paper" and (p / "sweep.json").exists()]
 
 
@@ -94,7 +94,7 @@ def cmd_run(args) -> int:
     if args.address:
         overrides.append(("executor.address", args.address))
     name = _sweep_name(args.file)
-    store = Store(args.results, smoke.name(name) if args.smoke else name)
+    store = Store(args.results, smoke.name(name) if args.smoke else name, backends.alive)
     planned_at = store.spec_version()
     select = Selection(args.only)
     sweep = matrix.load(args.file, overrides, args.profile, select=select, spec_version=planned_at,
@@ -325,7 +325,7 @@ def cmd_status(args) -> int:
     if Path(args.target or "").suffix in (".yaml", ".yml"):  # the experiment: its cells not yet created too
         from . import matrix
 
-        store = Store(args.results, _sweep_name(args.target))
+        store = Store(args.results, _sweep_name(args.target), backends.alive)
         sweep = matrix.load(args.target, spec_version=store.spec_version(), select=select)
         stores = [store]
     else:
@@ -484,7 +484,7 @@ def _finished_runs(target: str, results: Path, select: Selection) -> list[Path]:
 def _run_of(results: Path, reference: str) -> tuple[Store, str, dict]:
     """(store, run id, its status row) of the run a reference names."""
     folder = one_run(results, reference).resolve()
-    store = Store(folder.parent.parent, folder.parent.name)
+    store = Store(folder.parent.parent, folder.parent.name, backends.alive)
     row = next(r for r in store.rows() if r["run_id"] == folder.name)
     return store, folder.name, row
 

@@ -5,9 +5,10 @@ done, metrics.json (done means metrics.json exists). A run is claimed before
 it starts: `claim` is created exclusively and its mtime is the heartbeat; a
 claim whose owner is gone (same host, dead pid) or whose heartbeat is older
 than `stale_after` seconds counts as crashed and may be taken over. A claim
-names its backend ({"backend": NAME, ...}), which is asked first
-(harness.backends: e.g. a SLURM job's claim lives as long as squeue lists the
-job, heartbeat or not); pid and heartbeat decide when it cannot tell.
+names its backend ({"backend": NAME, ...}); the store's `liveness` asks the
+backends first (the caller passes harness.backends.alive: e.g. a SLURM job's
+claim lives as long as squeue lists the job, heartbeat or not); pid and
+heartbeat decide when it cannot tell.
 """
 from __future__ import annotations
 
@@ -23,17 +24,23 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from protoseg import config, io
 from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml, refuse_link
-
-from . import backends
 
 SWEEP_FOLDERS = (".tensorboard", ".slurm", ".ray", ".replaced", ".lock")  # the harness writes there
 RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  # opened in place, not renamed over
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed", "corrupt")
 ACTIVE = ("queued", "running")
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# Is each claim's run still held, asked of its backend in one batch; None: cannot tell (pid and heartbeat decide)
+Liveness = Callable[[list[dict]], list[bool | None]]
+
+
+def cannot_tell(claims: list[dict]) -> list[bool | None]:
+    """The liveness of a store that asks no backend: pid and heartbeat decide every claim."""
+    return [None] * len(claims)
 
 
 class StoreError(ValueError):
@@ -211,10 +218,11 @@ def owner(**extra) -> dict:
 
 
 class Store:
-    def __init__(self, root: str | Path, sweep: str):
+    def __init__(self, root: str | Path, sweep: str, liveness: Liveness = cannot_tell):
         self.root = Path(root).resolve()
         self.sweep = check_sweep_name(sweep)
         self.dir = self.root / sweep
+        self.liveness = liveness
 
     # ---- layout -------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
@@ -315,15 +323,17 @@ class Store:
         """Done means a metrics.json that reads, with its mIoU."""
         return read_json(self.run_dir(run_id) / "metrics.json") is not None
 
-    def state(self, run_id: str, stale_after: float = 120, status: dict | None = None) -> str:
-        """done / queued / running / failed / cancelled / crashed / corrupt / pending, from the files on disk."""
+    def state(self, run_id: str, stale_after: float = 120, status: dict | None = None,
+              asked: tuple[dict, bool | None] | None = None) -> str:
+        """done / queued / running / failed / cancelled / crashed / corrupt / pending, from the files on disk
+        (`asked`: the claim as read and its liveness, when they were asked already: claim_alive)."""
         if self.is_done(run_id):
             return "done"
         if self.corrupt_files(run_id):
             return "corrupt"
         state = (status or self.status(run_id)).get("state", "pending")
         if state in ACTIVE or self._claim_path(run_id).exists():
-            if not self.claim_alive(run_id, stale_after):
+            if not self.claim_alive(run_id, stale_after, asked):
                 return "crashed"
             return state if state in ACTIVE else "running"
         return "pending" if state == "done" else state  # status said done but metrics.json is gone
@@ -364,8 +374,9 @@ class Store:
     def claim_info(self, run_id: str) -> dict | None:
         return read_json(self._claim_path(run_id))
 
-    def claim_alive(self, run_id: str, stale_after: float) -> bool:
-        """Is the claim's owner still at work? Its backend says where it can (a SLURM job in squeue). On
+    def claim_alive(self, run_id: str, stale_after: float, asked: tuple[dict, bool | None] | None = None) -> bool:
+        """Is the claim's owner still at work? Its backend says where it can (a SLURM job in squeue): the
+        store's liveness is asked, unless `asked` holds this very claim with its answer already. On
         this host the owner's process decides, whatever the heartbeat: a stopped process (Ctrl-Z, SIGSTOP,
         a suspended machine) still owns its run. Elsewhere a heartbeat older than `stale_after` means
         gone; should that owner wake up, its fencing token no longer matches and it writes nothing."""
@@ -373,8 +384,7 @@ class Store:
         info = read_json(path)
         if info is None:
             return False
-        asked = getattr(self, "_asked", {}).get(run_id)  # rows() asked each backend once for all its runs
-        alive = asked[1] if asked and asked[0] == info else backends.alive([info])[0]
+        alive = asked[1] if asked and asked[0] == info else self.liveness([info])[0]
         if alive is not None:
             return alive
         if info.get("host") == socket.gethostname() and info.get("pid"):
@@ -477,20 +487,17 @@ class Store:
         out, statuses = [], {rid: read_json(self.run_dir(rid) / "status.json") or {} for rid in self.run_ids()}
         claims = {rid: claim for rid, s in statuses.items() if s.get("state") in ACTIVE
                   and (claim := self.claim_info(rid))}
-        self._asked = {rid: (claim, alive)  # one call per backend (one squeue), not one per run
-                       for (rid, claim), alive in zip(claims.items(), backends.alive(list(claims.values())))}
-        try:
-            for rid, status in statuses.items():
-                folder = self.run_dir(rid)
-                status["run_id"] = rid
-                status["state"] = self.state(rid, stale_after, status)
-                if status["state"] == "running":
-                    status["progress"] = read_json(folder / "progress.json")
-                if status["state"] == "done" and status.get("mIoU") is None:  # finished before status.json was kept
-                    status["mIoU"] = (read_json(folder / "metrics.json") or {}).get("mIoU")
-                out.append(status)
-        finally:
-            self._asked = {}
+        asked = {rid: (claim, alive)  # one question for all the claims (one squeue), not one per run
+                 for (rid, claim), alive in zip(claims.items(), self.liveness(list(claims.values())))}
+        for rid, status in statuses.items():
+            folder = self.run_dir(rid)
+            status["run_id"] = rid
+            status["state"] = self.state(rid, stale_after, status, asked.get(rid))
+            if status["state"] == "running":
+                status["progress"] = read_json(folder / "progress.json")
+            if status["state"] == "done" and status.get("mIoU") is None:  # finished before status.json was kept
+                status["mIoU"] = (read_json(folder / "metrics.json") or {}).get("mIoU")
+            out.append(status)
         unnamed = [row for row in out if not row.get("settings")]
         if unnamed:
             self._name_by_spec(unnamed, out)

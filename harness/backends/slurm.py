@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..matrix import RunSpec
 from ..store import LostClaim, Store, owner
+from .. import backends
 from ..worker import execute, store_of
 from . import BackendUnavailable, RunBar, Setting, claim_all, integer, number, optional, slurm_jobs, text
 
@@ -114,7 +115,7 @@ class RunJob:
         import submitit
 
         env = submitit.JobEnvironment()
-        store, rid = store_of(Path(self.run_dir))
+        store, rid = store_of(Path(self.run_dir), backends.alive)  # is another job's claim alive: squeue
         who = owner(backend="slurm", job_id=env.job_id)
         reason = self._leave(store, rid, who, env.global_rank)
         if reason:
