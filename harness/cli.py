@@ -17,7 +17,8 @@ from protoseg import config, provenance
 from protoseg.io import LinkRefused, load_yaml, read_yaml
 
 from . import backends, smoke
-from .matrix import MAX_CELLS, MatrixError, settings_text
+from .labels import settings_text
+from .matrix import MAX_CELLS, MatrixError
 from .selection import Selection, SelectionError, StoredRun, one_run, spec_fields
 from .store import SWEEP_NAME, Store, StoreError, check_locking, load_spec
 

@@ -23,7 +23,8 @@ from protoseg.models import build_model
 from protoseg.optim import build_optimizer
 from protoseg.speed import sync
 
-from .matrix import RunSpec, Sweep, settings_text
+from .labels import settings_text
+from .matrix import RunSpec, Sweep
 
 
 def processes(executor: dict) -> int:

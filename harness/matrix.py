@@ -31,6 +31,7 @@ from protoseg.registry import NEEDS_ROOT
 
 from . import smoke
 from .identity import Hasher
+from .labels import settings_text
 from .store import StoreError, check_sweep_name
 
 TOP_KEYS = ("sweep", "description", "base", "parts", "presets", "matrix", "include", "exclude", "executor")
@@ -77,12 +78,6 @@ class Sweep:
     description: str = ""
     cells: int = 0                  # distinct runs of the whole matrix
     product: str = ""               # the count from the axes, before exclude and deduplication
-
-
-def settings_text(settings: dict) -> str:
-    """A cell's axis values as 'head=parametric seed=0' (last part of each spec path)."""
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
-
 
 
 def _check_path(dotted: str, source: str, where: str) -> str:

@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from . import backends
-from .matrix import settings_text
+from .labels import settings_text
 from .store import Liveness, LostClaim, Store, cannot_tell, load_spec, owner
 
 HEARTBEAT_S = 5.0

@@ -13,13 +13,17 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from protoseg.io import open_append
 
-from ..matrix import RunSpec
+from ..progress import RunBar
 from ..store import LostClaim, Store, owner, pid_alive
 from ..worker import LOST
-from . import RunBar, Setting
+from . import Setting
+
+if TYPE_CHECKING:
+    from ..matrix import RunSpec
 
 SETTINGS: dict[str, Setting] = {}  # only the common ones: backend, jobs, stale_after
 DETACHED = False  # the workers die with the harness (see _die_with)

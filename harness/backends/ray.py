@@ -12,12 +12,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from ..matrix import RunSpec
 from ..store import Store, owner, pid_alive, read_json
 from . import BackendUnavailable, Setting, claim_all, integer, number
 from .local import cores
+
+if TYPE_CHECKING:
+    from ..matrix import RunSpec
 
 REPORT_EVERY_S = 5.0
 SETTINGS = {

@@ -17,12 +17,16 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..matrix import RunSpec
-from ..store import LostClaim, Store, owner
 from .. import backends
+from ..progress import RunBar
+from ..store import LostClaim, Store, owner
 from ..worker import execute, store_of
-from . import BackendUnavailable, RunBar, Setting, claim_all, integer, number, optional, slurm_jobs, text
+from . import BackendUnavailable, Setting, claim_all, integer, number, optional, slurm_jobs, text
+
+if TYPE_CHECKING:
+    from ..matrix import RunSpec
 
 POLL_S = 2.0
 FINAL = ("done", "failed", "cancelled", "crashed")
