@@ -336,6 +336,16 @@ def sweep_name(doc: dict, source: str) -> str:
         raise MatrixError(str(err)) from None
 
 
+def sweep_name_of(target: str | None) -> str | None:
+    """The sweep a command line names: an experiment file's (its `sweep:` key, else its stem), or the name
+    itself; None (every sweep) stays None."""
+    path = Path(target or "")
+    if path.suffix in (".yaml", ".yml"):
+        doc = read_yaml(path, "experiment file", MatrixError)
+        return sweep_name(doc if isinstance(doc, dict) else {}, str(path))
+    return target
+
+
 def _where(cell: dict) -> str:
     return "cell " + ", ".join(f"{k}={v}" for k, v in cell.items())
 

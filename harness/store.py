@@ -34,6 +34,7 @@ RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed", "corrupt")
 ACTIVE = ("queued", "running")
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+NOT_A_SWEEP = "paper"  # results/paper/ holds the papers' numbers (harness.report), not runs
 # Is each claim's run still held, asked of its backend in one batch; None: cannot tell (pid and heartbeat decide)
 Liveness = Callable[[list[dict]], list[bool | None]]
 
@@ -525,6 +526,22 @@ class Store:
             flat = specs[row["run_id"]]
             unused = config.unused_fields(collections.defaultdict(lambda: None, flat))
             row["settings"] = {p: flat.get(p) for p in shown if p not in unused}
+
+
+def sweeps(results: Path, name: str | None = None, liveness: Liveness = cannot_tell) -> list[Store]:
+    """The sweep `name` under `results` (StoreError naming the known ones when it has no folder), or,
+    without a name, every sweep there: each folder with a sweep.json."""
+    if name:
+        store = Store(results, name, liveness)
+        if not store.dir.is_dir():
+            known = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != NOT_A_SWEEP
+                           and not p.name.startswith(".")) if results.is_dir() else []
+            raise StoreError(f"no sweep '{store.sweep}' under {results}; known: {', '.join(known) or '(none)'}")
+        return [store]
+    if not results.is_dir():
+        return []
+    return [Store(results, p.name, liveness) for p in sorted(results.iterdir()) if p.is_dir()
+            and SWEEP_NAME.match(p.name) and p.name != NOT_A_SWEEP and (p / "sweep.json").exists()]
 
 
 def load_spec(run_dir: Path) -> dict:
