@@ -8,13 +8,14 @@ import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 
 from protoseg import config, provenance
 
-from . import smoke
-from .backends import BackendUnavailable
+from . import backends, matrix, smoke
 from .labels import settings_text
-from .matrix import RunSpec, Sweep
+from .matrix import MatrixError, RunSpec, Sweep
+from .selection import Selection
 from .status import corrupt_text
 from .store import Store, StoreError, check_locking
 
@@ -27,6 +28,30 @@ class Stopped(Exception):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def load(file: str, results: Path, overrides: list, profile: str | None, only: list[str] | None, smoke_run: bool,
+         max_cells: int) -> tuple[Store, Sweep, int | None]:
+    """The experiment's cells that `only` selects, planned at the spec version its sweep was first planned at
+    (None: a new sweep), with the sweep's store; a smoke run's sweep is the smoke one. MatrixError when none is
+    selected."""
+    name = matrix.sweep_name_of(file)
+    store = Store(results, smoke.name(name) if smoke_run else name, backends.alive)
+    planned_at = store.spec_version()
+    select = Selection(only)
+    sweep = matrix.load(file, overrides, profile, select=select, spec_version=planned_at,
+                        smoke_results=results if smoke_run else None, max_cells=max_cells)
+    if not sweep.runs:
+        raise MatrixError(f"{file}: {select.text} matches none of its {sweep.cells} cells; nothing done")
+    return store, sweep, planned_at
+
+
+def check_inputs(sweep: Sweep, results: Path, smoke_run: bool, dry_run: bool) -> list[str]:
+    """A smoke run's generated data written, then every cell's data and weights checked (matrix.check_inputs):
+    the warnings. A smoke dry run writes no data, so it has nothing to check."""
+    if smoke_run and not dry_run:
+        smoke.write_data(results, {run.value("data.dataset") for run in sweep.runs})
+    return [] if smoke_run and dry_run else matrix.check_inputs(sweep, dry_run)
 
 
 def plan(store: Store, runs: list[RunSpec], force: bool, retry_failed: bool,
@@ -135,7 +160,7 @@ def dry_run_text(sweep: Sweep, store: Store, todo: list[RunSpec], backend) -> st
     if todo:
         try:
             text += "\n\n" + backend.describe(store, todo, sweep.executor)
-        except BackendUnavailable as err:
+        except backends.BackendUnavailable as err:
             text += f"\n({sweep.executor['backend']}: {err})"
     return text
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from protoseg import config
 from protoseg.io import load_yaml
 
-from .store import SWEEP_NAME, Store, StoreError, load_spec
+from .store import SWEEP_NAME, Liveness, Store, StoreError, cannot_tell, load_spec
 
 SPEC_PATHS = tuple(config.flatten(config.DEFAULTS))
 RUN_ID = re.compile(r"[0-9a-f]{4,12}")
@@ -218,6 +218,15 @@ def finished_runs(target: str, results: Path, select: Selection) -> list[Path]:
         done = [{"run_id": p.parent.name} for p in folder.glob("*/metrics.json") if not p.parent.name.startswith(".")]
         runs = [store.run_dir(row["run_id"]) for row in stored_runs(store, done, select)]
         if not runs:
-            raise SelectionError(f"sweep {folder} has no finished run{' that matches ' + select.text if select else ''}")
+            matches = f" that matches {select.text}" if select else ""
+            raise SelectionError(f"sweep {folder} has no finished run{matches}")
         return sorted(runs)
     return [one_run(results, target)]
+
+
+def run_of(results: Path, reference: str, liveness: Liveness = cannot_tell) -> tuple[Store, str, dict]:
+    """(store, run id, its status row) of the run a reference names (one_run)."""
+    folder = one_run(results, reference).resolve()
+    store = Store(folder.parent.parent, folder.parent.name, liveness)
+    row = next(r for r in store.rows() if r["run_id"] == folder.name)
+    return store, folder.name, row

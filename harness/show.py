@@ -25,7 +25,8 @@ def show_lines(store: Store, rid: str, row: dict, log_lines: int) -> list[str]:
              + (f" on {row['host']}" if row.get("host") else "")]
     progress = row.get("progress") or {}
     if progress:
-        lines.append(f"progress:   {progress['iteration']}/{progress['iterations']} {progress.get('phase') or ''}".rstrip())
+        phase = progress.get("phase") or ""
+        lines.append(f"progress:   {progress['iteration']}/{progress['iterations']} {phase}".rstrip())
     changed = {path: value for path, value in spec.items() if defaults.get(path, object()) != value}
     lines.append("spec (fields that differ from the defaults; spec.yaml has them all):")
     lines += [f"  {path}: {value!r}" for path, value in changed.items()] or ["  (none)"]

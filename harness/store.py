@@ -168,6 +168,14 @@ def check_locking(folder: Path) -> None:
         os.close(handle)
 
 
+def check_root(results: Path, linked_ok: bool) -> None:
+    """The results folder itself may be a symbolic link (to cluster scratch, say) only with `linked_ok`
+    (--linked-results); links inside it are refused whatever it is (Store.links)."""
+    if results.is_symlink() and not linked_ok:
+        raise StoreError(f"--results {results} is a symbolic link (to {os.readlink(results)}); pass "
+                         f"--linked-results to write through it (links inside it stay refused), or name its target")
+
+
 def open_lock(path: Path) -> int:
     """A lock file's descriptor (created if missing); a symbolic link there is refused, never followed."""
     try:
@@ -233,7 +241,7 @@ class Store:
         """The symbolic links where the harness would write for these runs: the sweep folder, its
         working folders, the run folders and what is opened in them in place. Anyone in a group can
         plant one in a shared results folder, so a link there is refused, never followed (the results
-        root itself may be a link only with `--linked-results`: harness.cli checks it)."""
+        root itself may be a link only with `--linked-results`: check_root)."""
         places = [self.dir, self.root / ".complexity", *(self.dir / name for name in SWEEP_FOLDERS)]
         board = self.dir / ".tensorboard"
         if board.is_dir() and not board.is_symlink():
@@ -430,7 +438,8 @@ class Store:
             if self.is_done(run_id):
                 return False
             held = read_json(self._claim_path(run_id)) or {}
-            ours = held.get("job_id") == who["job_id"] or (held.get("job_id") is None and held.get("backend") == "slurm")
+            ours = held.get("job_id") == who["job_id"] or (held.get("job_id") is None
+                                                            and held.get("backend") == "slurm")
             if held and not ours and self.claim_alive(run_id, stale_after):
                 return False
             atomic_write_text(self._claim_path(run_id), json.dumps(who))

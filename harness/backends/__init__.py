@@ -29,6 +29,7 @@ class Setting(NamedTuple):
     check: Callable[[Any], bool]  # True for a valid value
     valid: str                    # what is valid, for the error message
     about: str = ""
+    flag: dict | None = None      # argparse keywords of its `harness run --KEY` flag ('_' as '-'), if it has one
 
 
 @runtime_checkable
@@ -111,13 +112,20 @@ def text(v) -> bool:
 
 
 COMMON = {
-    "backend": Setting("local", lambda v: v in NAMES, ", ".join(NAMES)),
+    "backend": Setting("local", lambda v: v in NAMES, ", ".join(NAMES), flag={"choices": NAMES}),
     "jobs": Setting(None, optional(integer(1)), "null or a positive integer",
-                    "runs at once: local workers (None = fits the cores), Ray trials, SLURM array %N"),
+                    "runs at once: local workers (None = fits the cores), Ray trials, SLURM array %N",
+                    flag={"type": int, "help": "runs at once (local workers, Ray concurrent trials)"}),
     "stale_after": Setting(120, number(), "a positive number of seconds",
                            "seconds without a heartbeat before a running run counts as crashed"),
 }
 
+
+
+def flags() -> dict[str, dict]:
+    """{executor key: argparse keywords} of the settings `harness run` takes as flags, COMMON's first."""
+    every = [COMMON, *(get(name).SETTINGS for name in NAMES)]
+    return {key: setting.flag for settings in every for key, setting in settings.items() if setting.flag}
 
 
 def executor(given: dict, source: str, profile: tuple[dict, Path] | None = None) -> dict:

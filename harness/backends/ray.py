@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 REPORT_EVERY_S = 5.0
 SETTINGS = {
     "address": Setting(None, lambda v: v is None or isinstance(v, str), "null, 'auto' or ray://host:port",
-                       "None = a local Ray started and stopped by the harness; 'auto' or ray://..."),
+                       "None = a local Ray started and stopped by the harness; 'auto' or ray://...",
+                       flag={"help": "ray backend: an existing cluster ('auto' or ray://host:port)"}),
     "cpus_per_trial": Setting(1, number(), "a positive number"),
     "gpus_per_trial": Setting(0, number(strict=False), "a number >= 0"),
     "max_failures": Setting(2, integer(), "an integer >= 0",
