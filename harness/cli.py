@@ -21,7 +21,7 @@ from .matrix import MAX_CELLS, MatrixError
 from .selection import Selection, SelectionError, finished_runs, run_of, stored_runs
 from .show import diff_text, evaluation_lines, show_lines
 from .status import status_lines
-from .store import ACTIVE, Store, StoreError, check_root, sweeps
+from .store import ACTIVE, STALE_AFTER, Store, StoreError, check_root, sweeps
 
 
 def cmd_run(args) -> int:
@@ -206,14 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     only(status, "select runs")
     status.add_argument("--watch", action="store_true")
     status.add_argument("--interval", type=float, default=2.0)
-    status.add_argument("--stale-after", type=float, default=120.0)
+    status.add_argument("--stale-after", type=float, default=float(STALE_AFTER))
     status.set_defaults(func=cmd_status)
 
     can = add("cancel")
     can.add_argument("target", help="experiment file or sweep name")
     only(can, "select runs")
     can.add_argument("--grace", type=float, default=60.0, help=HELP["cancel --grace"])
-    can.add_argument("--stale-after", type=float, default=120.0)
+    can.add_argument("--stale-after", type=float, default=float(STALE_AFTER))
     can.add_argument("--linked-results", action="store_true", help=LINKED_RESULTS)
     can.set_defaults(func=cmd_cancel)
 

@@ -34,6 +34,7 @@ RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed", "corrupt")
 ACTIVE = ("queued", "running")
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+STALE_AFTER = 120  # seconds without a heartbeat before a claim counts as gone (executor.stale_after's default)
 NOT_A_SWEEP = "paper"  # results/paper/ holds the papers' numbers (harness.report), not runs
 # Is each claim's run still held, asked of its backend in one batch; None: cannot tell (pid and heartbeat decide)
 Liveness = Callable[[list[dict]], list[bool | None]]
@@ -332,7 +333,7 @@ class Store:
         """Done means a metrics.json that reads, with its mIoU."""
         return read_json(self.run_dir(run_id) / "metrics.json") is not None
 
-    def state(self, run_id: str, stale_after: float = 120, status: dict | None = None,
+    def state(self, run_id: str, stale_after: float = STALE_AFTER, status: dict | None = None,
               asked: tuple[dict, bool | None] | None = None) -> str:
         """done / queued / running / failed / cancelled / crashed / corrupt / pending, from the files on disk
         (`asked`: the claim as read and its liveness, when they were asked already: claim_alive)."""
@@ -403,7 +404,7 @@ class Store:
         except FileNotFoundError:
             return False
 
-    def claim(self, run_id: str, who: dict, stale_after: float = 120) -> bool:
+    def claim(self, run_id: str, who: dict, stale_after: float = STALE_AFTER) -> bool:
         """Take the run for `who` (owner(): with its fencing token); False when it is done or a live
         owner holds it. A stale claim is taken over."""
         with self._lock(run_id):
@@ -431,7 +432,7 @@ class Store:
             elif held.get("job_id") == job["job_id"]:
                 self._merge_status(run_id, fields)
 
-    def take_for_job(self, run_id: str, who: dict, stale_after: float = 120) -> bool:
+    def take_for_job(self, run_id: str, who: dict, stale_after: float = STALE_AFTER) -> bool:
         """A starting SLURM job takes its run (with `who`'s new token), unless the run is done or another
         live owner holds it: another job, or a process that is not the submitter that queued this job."""
         with self._lock(run_id):
@@ -492,7 +493,7 @@ class Store:
                 self._claim_path(run_id).unlink(missing_ok=True)
 
     # ---- reading many runs fast (status, report) -----------------------
-    def rows(self, stale_after: float = 120) -> list[dict]:
+    def rows(self, stale_after: float = STALE_AFTER) -> list[dict]:
         """One dict per run: status.json fields, the derived state and, while running, progress."""
         out, statuses = [], {rid: read_json(self.run_dir(rid) / "status.json") or {} for rid in self.run_ids()}
         claims = {rid: claim for rid, s in statuses.items() if s.get("state") in ACTIVE

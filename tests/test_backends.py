@@ -30,7 +30,7 @@ def other_key(name: str) -> tuple[str, str] | None:
 
 
 def test_the_interface_is_what_the_registry_test_checks():
-    assert set(METHODS) == {"submit", "wait", "alive", "cancel", "describe"}
+    assert set(METHODS) == {"submit", "wait", "alive", "cancel", "describe", "resources"}
     assert set(ATTRIBUTES) == {"SETTINGS", "DETACHED"}
 
 
@@ -59,12 +59,15 @@ def test_settings_are_own_keys_whose_defaults_pass_their_checks(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", backends.NAMES)
-def test_describe_returns_text_and_an_empty_batch_asks_nothing(name, tmp_path):
+def test_describe_returns_text_resources_a_count_and_a_limit_and_an_empty_batch_asks_nothing(name, tmp_path):
     module = backends.get(name)
     store = Store(tmp_path / "results", "s")
     runs = [RunSpec("a" * 12, {}, {}), RunSpec("b" * 12, {}, {})]
-    text = module.describe(store, runs, backends.executor({"backend": name}, "x.yaml"))
+    executor = backends.executor({"backend": name}, "x.yaml")
+    text = module.describe(store, runs, executor)
     assert isinstance(text, str) and text.strip()
+    processes, limit = module.resources(executor)
+    assert isinstance(processes, int) and processes >= 1 and (limit is None or limit > 0)
     assert module.alive([]) == []
     assert module.cancel([], pending_only=True) == [] and module.cancel([], pending_only=False) == []
 

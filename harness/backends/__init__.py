@@ -13,6 +13,8 @@ from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 from protoseg import config
 
+from ..store import STALE_AFTER
+
 NAMES = ("local", "slurm", "ray")
 
 
@@ -56,6 +58,9 @@ class Backend(Protocol):
 
     def describe(self, store, runs: list, executor: dict) -> str:
         """What `harness run --dry-run` shows about how the runs would be executed."""
+
+    def resources(self, executor: dict) -> tuple[int, float | None]:
+        """What one run gets under `executor`: (processes, time limit in minutes or None for none)."""
 
 
 def get(name: str) -> Backend:
@@ -116,7 +121,7 @@ COMMON = {
     "jobs": Setting(None, optional(integer(1)), "null or a positive integer",
                     "runs at once: local workers (None = fits the cores), Ray trials, SLURM array %N",
                     flag={"type": int, "help": "runs at once (local workers, Ray concurrent trials)"}),
-    "stale_after": Setting(120, number(), "a positive number of seconds",
+    "stale_after": Setting(STALE_AFTER, number(), "a positive number of seconds",
                            "seconds without a heartbeat before a running run counts as crashed"),
 }
 

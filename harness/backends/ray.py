@@ -194,6 +194,10 @@ def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
     return [None] * len(claims)  # trials obey the cancel file; a trial not started yet stops at once
 
 
+def resources(executor: dict) -> tuple[int, float | None]:
+    return 1, None  # a trial is one process, as long as it takes
+
+
 def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:
     where = (f"the Ray cluster at {executor['address']}" if executor.get("address")
              else f"a local Ray with {cores()} CPUs, started and stopped by the harness")
