@@ -67,12 +67,7 @@ def get(name: str) -> Backend:
     """The backend module `name`, imported on first use."""
     if name not in NAMES:
         raise ValueError(f"backend {name!r} is not valid; valid: {', '.join(NAMES)}")
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name == f"{__name__}.{name}":
-            raise ValueError(f"backend {name!r} is not available in this version yet") from None
-        raise
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def _each_backend(claims: list[dict], ask: Callable[[Backend, list[dict]], list]) -> list:
