@@ -121,7 +121,6 @@ COMMON = {
 }
 
 
-
 def flags() -> dict[str, dict]:
     """{executor key: argparse keywords} of the settings `harness run` takes as flags, COMMON's first."""
     every = [COMMON, *(get(name).SETTINGS for name in NAMES)]
