@@ -52,7 +52,7 @@ def cmd_run(args) -> int:
             with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
                 print("interrupted; run the same command again to continue", file=sys.stderr)
         return 128 + stop.signum
-    launch.summary(store, final, start, args.smoke)
+    print(launch.summary(store, final, start, args.smoke))
     return launch.outcome(store, plan, final)
 
 

@@ -87,6 +87,17 @@ def to_run(plan: list[tuple[RunSpec, str]]) -> list[RunSpec]:
     return [spec for spec, action in plan if action.split()[0] in STARTS]
 
 
+def dry_run_text(sweep: Sweep, store: Store, todo: list[RunSpec], backend) -> str:
+    """What `--dry-run` adds to the plan: how many would run, and how the backend would run them."""
+    text = f"dry run: {len(todo)} would run (the matrix: {sweep.product} cells before exclude and duplicates)"
+    if todo:
+        try:
+            text += "\n\n" + backend.describe(store, todo, sweep.executor)
+        except backends.BackendUnavailable as err:
+            text += f"\n({sweep.executor['backend']}: {err})"
+    return text
+
+
 def prepare(store: Store, sweep: Sweep, plan: list[tuple[RunSpec, str]], todo: list[RunSpec],
             planned_at: int | None) -> None:
     """Before anything starts: no links where the runs write, working flock, the sweep recorded, done runs
@@ -154,31 +165,22 @@ def outcome(store: Store, plan: list[tuple[RunSpec, str]], final: dict[str, str]
     return 1
 
 
-def dry_run_text(sweep: Sweep, store: Store, todo: list[RunSpec], backend) -> str:
-    """What `--dry-run` adds to the plan: how many would run, and how the backend would run them."""
-    text = f"dry run: {len(todo)} would run (the matrix: {sweep.product} cells before exclude and duplicates)"
-    if todo:
-        try:
-            text += "\n\n" + backend.describe(store, todo, sweep.executor)
-        except backends.BackendUnavailable as err:
-            text += f"\n({sweep.executor['backend']}: {err})"
-    return text
-
-
-def summary(store: Store, final: dict[str, str], start: float, smoke_sweep: bool) -> None:
-    """After the runs: a smoke sweep's checkpoints removed, the final states counted, the sweep's report."""
+def summary(store: Store, final: dict[str, str], start: float, smoke_sweep: bool) -> str:
+    """After the runs: a smoke sweep's checkpoints removed; the final states counted, and the sweep's report."""
     from . import report
 
+    parts = []
     if smoke_sweep:
         freed = smoke.drop_checkpoints(store, [rid for rid, state in final.items() if state == "done"])
-        print(f"smoke: removed the finished runs' checkpoints ({freed / 2**30:.1f} GiB)")
+        parts.append(f"smoke: removed the finished runs' checkpoints ({freed / 2**30:.1f} GiB)")
     counts = {s: list(final.values()).count(s) for s in dict.fromkeys(final.values())}
-    print(f"\n{len(final)} run(s) in {time.time() - start:.0f}s: "
-          + ", ".join(f"{n} {s}" for s, n in counts.items()) if final else "\nnothing to run")
+    parts.append(f"\n{len(final)} run(s) in {time.time() - start:.0f}s: "
+                 + ", ".join(f"{n} {s}" for s, n in counts.items()) if final else "\nnothing to run")
     frame = report.load_runs([store.dir])
     if not frame.empty:
         agg = report.aggregate(frame)
-        print("\n" + report.render(agg, "md", report.caption(frame, agg)))
+        parts.append("\n" + report.render(agg, "md", report.caption(frame, agg)))
         sizes = smoke.sizes_against_paper(frame, report.load_references().get("paper", [])) if smoke_sweep else ""
         if sizes:  # the check that the cells are the paper's models, before a cluster trains them
-            print("\n" + sizes)
+            parts.append("\n" + sizes)
+    return "\n".join(parts)
