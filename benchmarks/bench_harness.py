@@ -193,10 +193,10 @@ def phases(sweep_dir: Path) -> dict[str, float]:
 
 
 def status_in_process(root: Path) -> list[str]:
-    from harness.cli import _status_lines
+    from harness.status import status_lines
     from harness.store import Store
 
-    return _status_lines(Store(root, "big"), 120.0)
+    return status_lines(Store(root, "big"), 120.0)
 
 
 def profile(fn, label: str, lines: int = 18) -> None:

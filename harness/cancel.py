@@ -7,10 +7,10 @@ import time
 from protoseg.io import atomic_write_text, refuse_link
 
 from . import backends
-from .store import Store
+from .store import STALE_AFTER, Store
 
 
-def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: float = 120) -> dict[str, str]:
+def cancel(store: Store, run_ids: list[str], grace: float = 60.0, stale_after: float = STALE_AFTER) -> dict[str, str]:
     """Every run gets a cancel file, which its worker (any backend) obeys at the
     next iteration by writing a checkpoint and stopping. Each run's backend then
     stops what has not started at once (SLURM: scancel of pending jobs), and what

@@ -2,12 +2,12 @@
 
 Each distinct model of the sweep (architecture, class count, crop, per-device batch, optimizer, AMP) is
 built once, with random weights, and a few training steps are timed on this machine or GPU at the cell's
-real crop and per-device batch (the global batch over the executor's tasks_per_node x nodes). Where that
+real crop and per-device batch (the global batch over the backend's processes per run). Where that
 does not fit (table2 on a CPU), a smaller `batch` and a crop scaled by `crop_scale` per side are timed and
 the time is scaled per image and per pixel; that flatters a CPU, whose caches suit small tensors (about
 27% low for HRNet-W48, see the README). A cell's expected wall time is its iterations x the time per step
-(evaluation and start-up left out); its device-hours are that x its processes. With a SLURM executor, a
-cell that cannot finish within timeout_min x (max_timeouts + 1) is flagged."""
+(evaluation and start-up left out); its device-hours are that x its processes. Where the backend gives a
+run a time limit (SLURM: timeout_min x (max_timeouts + 1)), a cell that cannot finish within it is flagged."""
 from __future__ import annotations
 
 import json
@@ -22,11 +22,9 @@ from protoseg.models import build_model
 from protoseg.optim import build_optimizer, train_step
 from protoseg.speed import sync
 
-from .matrix import RunSpec, Sweep, settings_text
-
-
-def processes(executor: dict) -> int:
-    return int(executor.get("tasks_per_node", 1)) * int(executor.get("nodes", 1))
+from . import backends
+from .labels import settings_text
+from .matrix import RunSpec, Sweep
 
 
 def _key(run: RunSpec, world: int) -> str:
@@ -70,7 +68,7 @@ def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, batch:
     """One row per cell: run_id, settings, s_per_iter, iterations, wall_h, device_h, limit_h (or None),
     `timed` (batch x crop timed, -> the per-device batch x crop it is scaled to) or None, and `error`: why
     its model could not be timed (s_per_iter, wall_h and device_h are then None), or None."""
-    world = processes(sweep.executor)
+    world, limit_min = backends.get(sweep.executor["backend"]).resources(sweep.executor)
     keys = {run.run_id: _key(run, world) for run in sweep.runs}  # each run's spec is built once
     timed: dict[str, tuple[float | None, str | None, str | None]] = {}  # key -> (s per step, scaling, error)
     groups: dict[str, RunSpec] = {}
@@ -89,9 +87,7 @@ def estimate(sweep: Sweep, steps: int = 3, iterations: int | None = None, batch:
             timed[key] = (None, scaling, f"{type(err).__name__}: {err}")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # the next model is timed without the failed one's memory
-    limit = None
-    if "timeout_min" in sweep.executor:
-        limit = sweep.executor["timeout_min"] * (sweep.executor.get("max_timeouts", 0) + 1) / 60
+    limit = None if limit_min is None else limit_min / 60
     rows = []
     for run in sweep.runs:
         per_iter, scaling, error = timed[keys[run.run_id]]

@@ -31,6 +31,7 @@ from protoseg.registry import NEEDS_ROOT
 
 from . import smoke
 from .identity import Hasher
+from .labels import settings_text
 from .store import StoreError, check_sweep_name
 
 TOP_KEYS = ("sweep", "description", "base", "parts", "presets", "matrix", "include", "exclude", "executor")
@@ -77,12 +78,6 @@ class Sweep:
     description: str = ""
     cells: int = 0                  # distinct runs of the whole matrix
     product: str = ""               # the count from the axes, before exclude and deduplication
-
-
-def settings_text(settings: dict) -> str:
-    """A cell's axis values as 'head=parametric seed=0' (last part of each spec path)."""
-    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
-
 
 
 def _check_path(dotted: str, source: str, where: str) -> str:
@@ -339,6 +334,16 @@ def sweep_name(doc: dict, source: str) -> str:
         return check_sweep_name(name, f"{source}: sweep name")
     except StoreError as err:
         raise MatrixError(str(err)) from None
+
+
+def sweep_name_of(target: str | None) -> str | None:
+    """The sweep a command line names: an experiment file's (its `sweep:` key, else its stem), or the name
+    itself; None (every sweep) stays None."""
+    path = Path(target or "")
+    if path.suffix in (".yaml", ".yml"):
+        doc = read_yaml(path, "experiment file", MatrixError)
+        return sweep_name(doc if isinstance(doc, dict) else {}, str(path))
+    return target
 
 
 def _where(cell: dict) -> str:

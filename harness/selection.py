@@ -20,6 +20,8 @@ from pathlib import Path
 from protoseg import config
 from protoseg.io import load_yaml
 
+from .store import SWEEP_NAME, Liveness, Store, StoreError, cannot_tell, load_spec
+
 SPEC_PATHS = tuple(config.flatten(config.DEFAULTS))
 RUN_ID = re.compile(r"[0-9a-f]{4,12}")
 GRAMMAR = ("AND within one --only ('head=parametric,seed=0'), OR across repeated --only and between "
@@ -187,3 +189,44 @@ def one_run(results: Path, reference: str) -> Path:
     shown = ", ".join(f"{p.parent.name}/{p.name}" for p in found[:8])
     raise SelectionError(f"'{reference}' names {len(found)} runs under {results}: {shown}"
                          f"{' ...' if len(found) > 8 else ''}; give more of the id")
+
+
+def stored_runs(store: Store, rows: list[dict], select: Selection) -> list[dict]:
+    """The rows whose run the selection keeps (each run's spec.yaml read only when there is a selection)."""
+    if not select:
+        return rows
+    kept = []
+    for row in rows:
+        try:
+            spec = load_spec(store.run_dir(row["run_id"]))
+        except StoreError:
+            continue  # no readable spec: it cannot be said to match
+        if select(StoredRun(row["run_id"], spec or {}, row.get("settings"))):
+            kept.append(row)
+    return kept
+
+
+def finished_runs(target: str, results: Path, select: Selection) -> list[Path]:
+    """A run (its folder, SWEEP/ID, or its id or a prefix of one under `results`), or every finished run
+    (it has metrics.json) of a sweep given by name or folder, that the selection keeps."""
+    path = Path(target)
+    if (path / "spec.yaml").is_file() or (path / "metrics.json").is_file():
+        return [path]  # evaluate_run says what is wrong with it
+    folder = path if path.is_dir() else results / target
+    if SWEEP_NAME.fullmatch(folder.name) and folder.is_dir():
+        store = Store(folder.parent, folder.name)
+        done = [{"run_id": p.parent.name} for p in folder.glob("*/metrics.json") if not p.parent.name.startswith(".")]
+        runs = [store.run_dir(row["run_id"]) for row in stored_runs(store, done, select)]
+        if not runs:
+            matches = f" that matches {select.text}" if select else ""
+            raise SelectionError(f"sweep {folder} has no finished run{matches}")
+        return sorted(runs)
+    return [one_run(results, target)]
+
+
+def run_of(results: Path, reference: str, liveness: Liveness = cannot_tell) -> tuple[Store, str, dict]:
+    """(store, run id, its status row) of the run a reference names (one_run)."""
+    folder = one_run(results, reference).resolve()
+    store = Store(folder.parent.parent, folder.parent.name, liveness)
+    row = next(r for r in store.rows() if r["run_id"] == folder.name)
+    return store, folder.name, row

@@ -5,9 +5,10 @@ done, metrics.json (done means metrics.json exists). A run is claimed before
 it starts: `claim` is created exclusively and its mtime is the heartbeat; a
 claim whose owner is gone (same host, dead pid) or whose heartbeat is older
 than `stale_after` seconds counts as crashed and may be taken over. A claim
-names its backend ({"backend": NAME, ...}), which is asked first
-(harness.backends: e.g. a SLURM job's claim lives as long as squeue lists the
-job, heartbeat or not); pid and heartbeat decide when it cannot tell.
+names its backend ({"backend": NAME, ...}); the store's `liveness` asks the
+backends first (the caller passes harness.backends.alive: e.g. a SLURM job's
+claim lives as long as squeue lists the job, heartbeat or not); pid and
+heartbeat decide when it cannot tell.
 """
 from __future__ import annotations
 
@@ -23,17 +24,25 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from protoseg import config, io
 from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml, refuse_link
-
-from . import backends
 
 SWEEP_FOLDERS = (".tensorboard", ".slurm", ".ray", ".replaced", ".lock")  # the harness writes there
 RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  # opened in place, not renamed over
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed", "corrupt")
 ACTIVE = ("queued", "running")
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+STALE_AFTER = 120  # seconds without a heartbeat before a claim counts as gone (executor.stale_after's default)
+NOT_A_SWEEP = "paper"  # results/paper/ holds the papers' numbers (harness.report), not runs
+# Is each claim's run still held, asked of its backend in one batch; None: cannot tell (pid and heartbeat decide)
+Liveness = Callable[[list[dict]], list[bool | None]]
+
+
+def cannot_tell(claims: list[dict]) -> list[bool | None]:
+    """The liveness of a store that asks no backend: pid and heartbeat decide every claim."""
+    return [None] * len(claims)
 
 
 class StoreError(ValueError):
@@ -160,6 +169,14 @@ def check_locking(folder: Path) -> None:
         os.close(handle)
 
 
+def check_root(results: Path, linked_ok: bool) -> None:
+    """The results folder itself may be a symbolic link (to cluster scratch, say) only with `linked_ok`
+    (--linked-results); links inside it are refused whatever it is (Store.links)."""
+    if results.is_symlink() and not linked_ok:
+        raise StoreError(f"--results {results} is a symbolic link (to {os.readlink(results)}); pass "
+                         f"--linked-results to write through it (links inside it stay refused), or name its target")
+
+
 def open_lock(path: Path) -> int:
     """A lock file's descriptor (created if missing); a symbolic link there is refused, never followed."""
     try:
@@ -211,10 +228,11 @@ def owner(**extra) -> dict:
 
 
 class Store:
-    def __init__(self, root: str | Path, sweep: str):
+    def __init__(self, root: str | Path, sweep: str, liveness: Liveness = cannot_tell):
         self.root = Path(root).resolve()
         self.sweep = check_sweep_name(sweep)
         self.dir = self.root / sweep
+        self.liveness = liveness
 
     # ---- layout -------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
@@ -224,7 +242,7 @@ class Store:
         """The symbolic links where the harness would write for these runs: the sweep folder, its
         working folders, the run folders and what is opened in them in place. Anyone in a group can
         plant one in a shared results folder, so a link there is refused, never followed (the results
-        root itself may be a link only with `--linked-results`: harness.cli checks it)."""
+        root itself may be a link only with `--linked-results`: check_root)."""
         places = [self.dir, self.root / ".complexity", *(self.dir / name for name in SWEEP_FOLDERS)]
         board = self.dir / ".tensorboard"
         if board.is_dir() and not board.is_symlink():
@@ -315,15 +333,17 @@ class Store:
         """Done means a metrics.json that reads, with its mIoU."""
         return read_json(self.run_dir(run_id) / "metrics.json") is not None
 
-    def state(self, run_id: str, stale_after: float = 120, status: dict | None = None) -> str:
-        """done / queued / running / failed / cancelled / crashed / corrupt / pending, from the files on disk."""
+    def state(self, run_id: str, stale_after: float = STALE_AFTER, status: dict | None = None,
+              asked: tuple[dict, bool | None] | None = None) -> str:
+        """done / queued / running / failed / cancelled / crashed / corrupt / pending, from the files on disk
+        (`asked`: the claim as read and its liveness, when they were asked already: claim_alive)."""
         if self.is_done(run_id):
             return "done"
         if self.corrupt_files(run_id):
             return "corrupt"
         state = (status or self.status(run_id)).get("state", "pending")
         if state in ACTIVE or self._claim_path(run_id).exists():
-            if not self.claim_alive(run_id, stale_after):
+            if not self.claim_alive(run_id, stale_after, asked):
                 return "crashed"
             return state if state in ACTIVE else "running"
         return "pending" if state == "done" else state  # status said done but metrics.json is gone
@@ -364,8 +384,9 @@ class Store:
     def claim_info(self, run_id: str) -> dict | None:
         return read_json(self._claim_path(run_id))
 
-    def claim_alive(self, run_id: str, stale_after: float) -> bool:
-        """Is the claim's owner still at work? Its backend says where it can (a SLURM job in squeue). On
+    def claim_alive(self, run_id: str, stale_after: float, asked: tuple[dict, bool | None] | None = None) -> bool:
+        """Is the claim's owner still at work? Its backend says where it can (a SLURM job in squeue): the
+        store's liveness is asked, unless `asked` holds this very claim with its answer already. On
         this host the owner's process decides, whatever the heartbeat: a stopped process (Ctrl-Z, SIGSTOP,
         a suspended machine) still owns its run. Elsewhere a heartbeat older than `stale_after` means
         gone; should that owner wake up, its fencing token no longer matches and it writes nothing."""
@@ -373,8 +394,7 @@ class Store:
         info = read_json(path)
         if info is None:
             return False
-        asked = getattr(self, "_asked", {}).get(run_id)  # rows() asked each backend once for all its runs
-        alive = asked[1] if asked and asked[0] == info else backends.alive([info])[0]
+        alive = asked[1] if asked and asked[0] == info else self.liveness([info])[0]
         if alive is not None:
             return alive
         if info.get("host") == socket.gethostname() and info.get("pid"):
@@ -384,7 +404,7 @@ class Store:
         except FileNotFoundError:
             return False
 
-    def claim(self, run_id: str, who: dict, stale_after: float = 120) -> bool:
+    def claim(self, run_id: str, who: dict, stale_after: float = STALE_AFTER) -> bool:
         """Take the run for `who` (owner(): with its fencing token); False when it is done or a live
         owner holds it. A stale claim is taken over."""
         with self._lock(run_id):
@@ -412,14 +432,15 @@ class Store:
             elif held.get("job_id") == job["job_id"]:
                 self._merge_status(run_id, fields)
 
-    def take_for_job(self, run_id: str, who: dict, stale_after: float = 120) -> bool:
+    def take_for_job(self, run_id: str, who: dict, stale_after: float = STALE_AFTER) -> bool:
         """A starting SLURM job takes its run (with `who`'s new token), unless the run is done or another
         live owner holds it: another job, or a process that is not the submitter that queued this job."""
         with self._lock(run_id):
             if self.is_done(run_id):
                 return False
             held = read_json(self._claim_path(run_id)) or {}
-            ours = held.get("job_id") == who["job_id"] or (held.get("job_id") is None and held.get("backend") == "slurm")
+            ours = held.get("job_id") == who["job_id"] or (held.get("job_id") is None
+                                                            and held.get("backend") == "slurm")
             if held and not ours and self.claim_alive(run_id, stale_after):
                 return False
             atomic_write_text(self._claim_path(run_id), json.dumps(who))
@@ -472,25 +493,22 @@ class Store:
                 self._claim_path(run_id).unlink(missing_ok=True)
 
     # ---- reading many runs fast (status, report) -----------------------
-    def rows(self, stale_after: float = 120) -> list[dict]:
+    def rows(self, stale_after: float = STALE_AFTER) -> list[dict]:
         """One dict per run: status.json fields, the derived state and, while running, progress."""
         out, statuses = [], {rid: read_json(self.run_dir(rid) / "status.json") or {} for rid in self.run_ids()}
         claims = {rid: claim for rid, s in statuses.items() if s.get("state") in ACTIVE
                   and (claim := self.claim_info(rid))}
-        self._asked = {rid: (claim, alive)  # one call per backend (one squeue), not one per run
-                       for (rid, claim), alive in zip(claims.items(), backends.alive(list(claims.values())))}
-        try:
-            for rid, status in statuses.items():
-                folder = self.run_dir(rid)
-                status["run_id"] = rid
-                status["state"] = self.state(rid, stale_after, status)
-                if status["state"] == "running":
-                    status["progress"] = read_json(folder / "progress.json")
-                if status["state"] == "done" and status.get("mIoU") is None:  # finished before status.json was kept
-                    status["mIoU"] = (read_json(folder / "metrics.json") or {}).get("mIoU")
-                out.append(status)
-        finally:
-            self._asked = {}
+        asked = {rid: (claim, alive)  # one question for all the claims (one squeue), not one per run
+                 for (rid, claim), alive in zip(claims.items(), self.liveness(list(claims.values())))}
+        for rid, status in statuses.items():
+            folder = self.run_dir(rid)
+            status["run_id"] = rid
+            status["state"] = self.state(rid, stale_after, status, asked.get(rid))
+            if status["state"] == "running":
+                status["progress"] = read_json(folder / "progress.json")
+            if status["state"] == "done" and status.get("mIoU") is None:  # finished before status.json was kept
+                status["mIoU"] = (read_json(folder / "metrics.json") or {}).get("mIoU")
+            out.append(status)
         unnamed = [row for row in out if not row.get("settings")]
         if unnamed:
             self._name_by_spec(unnamed, out)
@@ -518,6 +536,22 @@ class Store:
             flat = specs[row["run_id"]]
             unused = config.unused_fields(collections.defaultdict(lambda: None, flat))
             row["settings"] = {p: flat.get(p) for p in shown if p not in unused}
+
+
+def sweeps(results: Path, name: str | None = None, liveness: Liveness = cannot_tell) -> list[Store]:
+    """The sweep `name` under `results` (StoreError naming the known ones when it has no folder), or,
+    without a name, every sweep there: each folder with a sweep.json."""
+    if name:
+        store = Store(results, name, liveness)
+        if not store.dir.is_dir():
+            known = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != NOT_A_SWEEP
+                           and not p.name.startswith(".")) if results.is_dir() else []
+            raise StoreError(f"no sweep '{store.sweep}' under {results}; known: {', '.join(known) or '(none)'}")
+        return [store]
+    if not results.is_dir():
+        return []
+    return [Store(results, p.name, liveness) for p in sorted(results.iterdir()) if p.is_dir()
+            and SWEEP_NAME.match(p.name) and p.name != NOT_A_SWEEP and (p / "sweep.json").exists()]
 
 
 def load_spec(run_dir: Path) -> dict:

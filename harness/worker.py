@@ -21,8 +21,9 @@ import time
 import traceback
 from pathlib import Path
 
-from .matrix import settings_text
-from .store import LostClaim, Store, load_spec, owner
+from . import backends
+from .labels import settings_text
+from .store import Liveness, LostClaim, Store, cannot_tell, load_spec, owner
 
 HEARTBEAT_S = 5.0
 
@@ -36,9 +37,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def store_of(run_dir: Path) -> tuple[Store, str]:
+def store_of(run_dir: Path, liveness: Liveness = cannot_tell) -> tuple[Store, str]:
     run_dir = Path(run_dir).resolve()
-    return Store(run_dir.parent.parent, run_dir.parent.name), run_dir.name
+    return Store(run_dir.parent.parent, run_dir.parent.name, liveness), run_dir.name
 
 
 def board_dir(store: Store, rid: str) -> Path:
@@ -69,7 +70,7 @@ def execute(run_dir: str | Path, backend: str = "local", job_id: str | None = No
     "queued" and its claim to the (SLURM) job `job_id`, which will start it again."""
     from protoseg import engine
 
-    store, rid = store_of(run_dir)
+    store, rid = store_of(run_dir, backends.alive)  # run by hand, it claims the run: its backend is asked
     who = owner(backend=backend, job_id=job_id)
     if token is None:
         if not store.claim(rid, who):

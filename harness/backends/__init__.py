@@ -13,6 +13,8 @@ from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 from protoseg import config
 
+from ..store import STALE_AFTER
+
 NAMES = ("local", "slurm", "ray")
 
 
@@ -29,6 +31,7 @@ class Setting(NamedTuple):
     check: Callable[[Any], bool]  # True for a valid value
     valid: str                    # what is valid, for the error message
     about: str = ""
+    flag: dict | None = None      # argparse keywords of its `harness run --KEY` flag ('_' as '-'), if it has one
 
 
 @runtime_checkable
@@ -56,17 +59,15 @@ class Backend(Protocol):
     def describe(self, store, runs: list, executor: dict) -> str:
         """What `harness run --dry-run` shows about how the runs would be executed."""
 
+    def resources(self, executor: dict) -> tuple[int, float | None]:
+        """What one run gets under `executor`: (processes, time limit in minutes or None for none)."""
+
 
 def get(name: str) -> Backend:
     """The backend module `name`, imported on first use."""
     if name not in NAMES:
         raise ValueError(f"backend {name!r} is not valid; valid: {', '.join(NAMES)}")
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name == f"{__name__}.{name}":
-            raise ValueError(f"backend {name!r} is not available in this version yet") from None
-        raise
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def _each_backend(claims: list[dict], ask: Callable[[Backend, list[dict]], list]) -> list:
@@ -111,13 +112,19 @@ def text(v) -> bool:
 
 
 COMMON = {
-    "backend": Setting("local", lambda v: v in NAMES, ", ".join(NAMES)),
+    "backend": Setting("local", lambda v: v in NAMES, ", ".join(NAMES), flag={"choices": NAMES}),
     "jobs": Setting(None, optional(integer(1)), "null or a positive integer",
-                    "runs at once: local workers (None = fits the cores), Ray trials, SLURM array %N"),
-    "stale_after": Setting(120, number(), "a positive number of seconds",
+                    "runs at once: local workers (None = fits the cores), Ray trials, SLURM array %N",
+                    flag={"type": int, "help": "runs at once (local workers, Ray concurrent trials)"}),
+    "stale_after": Setting(STALE_AFTER, number(), "a positive number of seconds",
                            "seconds without a heartbeat before a running run counts as crashed"),
 }
 
+
+def flags() -> dict[str, dict]:
+    """{executor key: argparse keywords} of the settings `harness run` takes as flags, COMMON's first."""
+    every = [COMMON, *(get(name).SETTINGS for name in NAMES)]
+    return {key: setting.flag for settings in every for key, setting in settings.items() if setting.flag}
 
 
 def executor(given: dict, source: str, profile: tuple[dict, Path] | None = None) -> dict:
@@ -165,34 +172,3 @@ def claim_all(store, runs, who: dict, stale_after: float) -> tuple[list, dict[st
             others[spec.run_id] = "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere"
     return claimed, others
 
-
-class RunBar:
-    """A progress bar over a backend's runs, with one line per finished run."""
-
-    def __init__(self, store, runs, desc: str, progress: bool = True):
-        import sys
-
-        from tqdm import tqdm
-
-        self.store, self.labels, self.counts = store, {r.run_id: r.settings for r in runs}, {}
-        self.bar = tqdm(total=len(runs), desc=desc, unit="run", disable=not progress, dynamic_ncols=True,
-                        file=sys.stderr)
-
-    def show(self, **active) -> None:
-        self.bar.set_postfix({**self.counts, **active})
-
-    def note(self, text: str) -> None:
-        self.bar.write(text)
-
-    def finish(self, rid: str, state: str, **active) -> None:
-        from ..matrix import settings_text
-
-        self.counts[state] = self.counts.get(state, 0) + 1
-        self.show(**active)
-        self.bar.update(1)
-        status = self.store.status(rid)
-        detail = f"mIoU {status.get('mIoU')}" if state == "done" else (status.get("error") or "")
-        self.bar.write(f"  {state:<8} {rid}  {settings_text(self.labels[rid])}  {detail}")
-
-    def close(self) -> None:
-        self.bar.close()

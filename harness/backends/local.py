@@ -13,13 +13,17 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from protoseg.io import open_append
 
-from ..matrix import RunSpec
+from ..progress import RunBar
 from ..store import LostClaim, Store, owner, pid_alive
 from ..worker import LOST
-from . import RunBar, Setting
+from . import Setting
+
+if TYPE_CHECKING:
+    from ..matrix import RunSpec
 
 SETTINGS: dict[str, Setting] = {}  # only the common ones: backend, jobs, stale_after
 DETACHED = False  # the workers die with the harness (see _die_with)
@@ -104,7 +108,7 @@ class Pool:
     """The runs to execute on this machine, `jobs` at a time; wait() launches and polls them."""
 
     def __init__(self, store: Store, runs: list[RunSpec], executor: dict):
-        self.store, self.runs, self.stale_after = store, list(runs), executor.get("stale_after", 120)
+        self.store, self.runs, self.stale_after = store, list(runs), executor["stale_after"]
         self.jobs, self.threads = _sizes(len(self.runs), executor)
 
 
@@ -180,4 +184,8 @@ def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
 def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:
     jobs, threads = _sizes(len(runs), executor)
     return (f"local: {jobs} run(s) at a time on this machine ({cores()} cores), {threads} torch thread(s) each; "
-            f"a run without a heartbeat for {executor.get('stale_after', 120)} s counts as crashed")
+            f"a run without a heartbeat for {executor['stale_after']} s counts as crashed")
+
+
+def resources(executor: dict) -> tuple[int, float | None]:
+    return 1, None  # one process, as long as it takes

@@ -12,17 +12,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from ..matrix import RunSpec
 from ..store import Store, owner, pid_alive, read_json
 from . import BackendUnavailable, Setting, claim_all, integer, number
 from .local import cores
 
+if TYPE_CHECKING:
+    from ..matrix import RunSpec
+
 REPORT_EVERY_S = 5.0
 SETTINGS = {
     "address": Setting(None, lambda v: v is None or isinstance(v, str), "null, 'auto' or ray://host:port",
-                       "None = a local Ray started and stopped by the harness; 'auto' or ray://..."),
+                       "None = a local Ray started and stopped by the harness; 'auto' or ray://...",
+                       flag={"help": "ray backend: an existing cluster ('auto' or ray://host:port)"}),
     "cpus_per_trial": Setting(1, number(), "a positive number"),
     "gpus_per_trial": Setting(0, number(strict=False), "a number >= 0"),
     "max_failures": Setting(2, integer(), "an integer >= 0",
@@ -188,6 +192,10 @@ def alive(claims: list[dict]) -> list[bool | None]:
 
 def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
     return [None] * len(claims)  # trials obey the cancel file; a trial not started yet stops at once
+
+
+def resources(executor: dict) -> tuple[int, float | None]:
+    return 1, None  # a trial is one process, as long as it takes
 
 
 def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:

@@ -17,11 +17,16 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..matrix import RunSpec
-from ..store import LostClaim, Store, owner
+from .. import backends
+from ..progress import RunBar
+from ..store import STALE_AFTER, LostClaim, Store, owner
 from ..worker import execute, store_of
-from . import BackendUnavailable, RunBar, Setting, claim_all, integer, number, optional, slurm_jobs, text
+from . import BackendUnavailable, Setting, claim_all, integer, number, optional, slurm_jobs, text
+
+if TYPE_CHECKING:
+    from ..matrix import RunSpec
 
 POLL_S = 2.0
 FINAL = ("done", "failed", "cancelled", "crashed")
@@ -95,8 +100,8 @@ def sbatch_script(executor: dict, folder: Path, count: int, name: str = "protose
 class RunJob:
     """What each array task runs; checkpointable, so submitit requeues it on USR2."""
 
-    def __init__(self, run_dir: str, max_timeouts: int = 3):
-        self.run_dir, self.max_timeouts = run_dir, max_timeouts
+    def __init__(self, run_dir: str, max_timeouts: int = 3, stale_after: float = STALE_AFTER):
+        self.run_dir, self.max_timeouts, self.stale_after = run_dir, max_timeouts, stale_after
 
     def _leave(self, store: Store, rid: str, who: dict, rank: int) -> str | None:
         """Why this task has nothing to do, or None. Every rank asks, so no rank waits alone for the others."""
@@ -104,9 +109,9 @@ class RunJob:
         if store.is_done(rid) or store.cancel_path(rid).exists():
             return "the run is done or cancelled"
         if rank == 0:  # takes the run under its lock
-            return None if store.take_for_job(rid, who) else "another owner holds the run"
+            return None if store.take_for_job(rid, who, self.stale_after) else "another owner holds the run"
         held = store.claim_info(rid) or {}
-        if held.get("job_id") not in (None, job) and store.claim_alive(rid, stale_after=120):
+        if held.get("job_id") not in (None, job) and store.claim_alive(rid, self.stale_after):
             return f"SLURM job {held['job_id']} holds the run"
         return None
 
@@ -114,7 +119,7 @@ class RunJob:
         import submitit
 
         env = submitit.JobEnvironment()
-        store, rid = store_of(Path(self.run_dir))
+        store, rid = store_of(Path(self.run_dir), backends.alive)  # is another job's claim alive: squeue
         who = owner(backend="slurm", job_id=env.job_id)
         reason = self._leave(store, rid, who, env.global_rank)
         if reason:
@@ -154,10 +159,13 @@ class RunJob:
         store, rid = store_of(Path(self.run_dir))
         if store.status(rid).get("state") != "queued":
             return None
-        return DelayedSubmission(RunJob(self.run_dir, self.max_timeouts))
+        return DelayedSubmission(RunJob(**self.__getstate__()))
 
     def __getstate__(self):  # only these travel in the pickle
-        return {"run_dir": self.run_dir, "max_timeouts": self.max_timeouts}
+        return {"run_dir": self.run_dir, "max_timeouts": self.max_timeouts, "stale_after": self.stale_after}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
 
 
 def _follow(run_dir: str) -> int:
@@ -180,7 +188,8 @@ def _submit(store: Store, runs: list[RunSpec], executor: dict) -> list:
 
     try:
         with ex.batch():
-            jobs = [ex.submit(RunJob(str(store.run_dir(r.run_id)), executor["max_timeouts"])) for r in runs]
+            jobs = [ex.submit(RunJob(str(store.run_dir(r.run_id)), executor["max_timeouts"], executor["stale_after"]))
+                    for r in runs]
     except submitit.core.utils.FailedJobError as err:
         raise BackendUnavailable(f"sbatch refused the job array: {str(err).strip() or err!r}") from None
     return jobs
@@ -260,6 +269,12 @@ def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
     cancelled = slurm_jobs.cancel(jobs, pending_only=pending_only)
     return [f"SLURM job {job} scancelled" if job and str(job) in cancelled else None
             for job in jobs]
+
+
+def resources(executor: dict) -> tuple[int, float | None]:
+    """A run is one job of tasks_per_node processes on one node, requeued up to max_timeouts times after
+    its timeout_min."""
+    return executor["tasks_per_node"], executor["timeout_min"] * (executor["max_timeouts"] + 1)
 
 
 def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:

@@ -38,8 +38,9 @@ def _section(path: str) -> str:
 def markdown() -> str:
     """One table per section, fields in table order."""
     out: list[str] = []
+    current = None
     for path, f in FIELDS.items():
-        if not out or _section(path) != current:
+        if _section(path) != current:
             current = _section(path)
             out += ["", f"### {current}", "", "| key | default | valid | meaning |", "| --- | --- | --- | --- |"]
         doc = f.doc.replace("|", "\\|")

@@ -30,7 +30,7 @@ def other_key(name: str) -> tuple[str, str] | None:
 
 
 def test_the_interface_is_what_the_registry_test_checks():
-    assert set(METHODS) == {"submit", "wait", "alive", "cancel", "describe"}
+    assert set(METHODS) == {"submit", "wait", "alive", "cancel", "describe", "resources"}
     assert set(ATTRIBUTES) == {"SETTINGS", "DETACHED"}
 
 
@@ -59,12 +59,15 @@ def test_settings_are_own_keys_whose_defaults_pass_their_checks(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", backends.NAMES)
-def test_describe_returns_text_and_an_empty_batch_asks_nothing(name, tmp_path):
+def test_describe_returns_text_resources_a_count_and_a_limit_and_an_empty_batch_asks_nothing(name, tmp_path):
     module = backends.get(name)
     store = Store(tmp_path / "results", "s")
     runs = [RunSpec("a" * 12, {}, {}), RunSpec("b" * 12, {}, {})]
-    text = module.describe(store, runs, backends.executor({"backend": name}, "x.yaml"))
+    executor = backends.executor({"backend": name}, "x.yaml")
+    text = module.describe(store, runs, executor)
     assert isinstance(text, str) and text.strip()
+    processes, limit = module.resources(executor)
+    assert isinstance(processes, int) and processes >= 1 and (limit is None or limit > 0)
     assert module.alive([]) == []
     assert module.cancel([], pending_only=True) == [] and module.cancel([], pending_only=False) == []
 
@@ -106,12 +109,14 @@ def test_an_unknown_key_suggests_and_lists_the_backends_keys(tmp_path):
         matrix.expand_doc({"sweep": "x", "executor": {"backend": "rey"}}, "x.yaml")
 
 
-def test_a_claim_is_judged_by_its_backend_and_rows_ask_each_backend_once(tmp_path, monkeypatch):
-    slurm = backends.get("slurm")
+def test_a_claim_is_judged_by_its_liveness_and_rows_ask_it_once(tmp_path):
     asked = []
-    monkeypatch.setattr(slurm, "alive", lambda claims: asked.append(len(claims)) or [
-        claim["job_id"] != "7_1" for claim in claims])
-    store = Store(tmp_path / "results", "s")
+
+    def liveness(claims):  # the SLURM claims' jobs: 7_1 has ended; the others cannot tell
+        asked.append(len(claims))
+        return [claim["job_id"] != "7_1" if claim.get("backend") == "slurm" else None for claim in claims]
+
+    store = Store(tmp_path / "results", "s", liveness)
     for i in range(3):
         rid = f"r{i}"
         store.prepare(rid, {"model": {}}, {})
@@ -125,8 +130,18 @@ def test_a_claim_is_judged_by_its_backend_and_rows_ask_each_backend_once(tmp_pat
     store.update("other", state="running")
     states = {row["run_id"]: row["state"] for row in store.rows()}
     assert states == {"r0": "queued", "r1": "crashed", "r2": "queued", "mine": "running", "other": "running"}
+    assert asked == [5]  # one batch for the five claims
+    assert store.state("r1") == "crashed" and asked == [5, 1]
+
+
+def test_liveness_asks_each_backend_once_for_all_of_its_claims(monkeypatch):
+    asked = []
+    monkeypatch.setattr(backends.get("slurm"), "alive", lambda claims: asked.append(len(claims)) or [
+        claim["job_id"] != "7_1" for claim in claims])
+    claims = [{"backend": "slurm", "job_id": f"7_{i}"} for i in range(3)]
+    claims += [{"backend": "local"}, {"backend": "not-a-backend"}]
+    assert backends.alive(claims) == [True, False, True, None, None]
     assert asked == [3]  # one batch for the three SLURM claims
-    assert store.state("r1") == "crashed" and asked == [3, 1]
 
 
 def test_the_registry_imports_no_heavy_library():

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from harness import backends
 from harness.backends import slurm_jobs
 from harness.store import Store, owner
 
@@ -29,7 +30,7 @@ def squeue(tmp_path, monkeypatch):
 
 
 def queued_run(tmp_path, job="41_3") -> tuple[Store, str]:
-    store = Store(tmp_path / "results", "s")
+    store = Store(tmp_path / "results", "s", backends.alive)
     store.prepare("r1", {"model": {}}, {})
     assert store.claim("r1", {**owner(backend="slurm", job_id=job), "pid": None})
     store.update("r1", state="queued", backend="slurm", job_id=job)
