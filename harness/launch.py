@@ -112,7 +112,7 @@ def prepare(store: Store, sweep: Sweep, plan: list[tuple[RunSpec, str]], todo: l
                        planned_at or config.SPEC_VERSION)
     for spec, action in plan:
         if action == "rerun":  # keep the old result: move it aside, never delete it
-            aside = store.dir / ".replaced" / f"{spec.run_id}-{int(time.time())}"
+            aside = store.aside_dir() / f"{spec.run_id}-{int(time.time())}"
             aside.parent.mkdir(exist_ok=True)
             shutil.move(str(store.run_dir(spec.run_id)), str(aside))
         elif "corrupt" in action:

@@ -29,7 +29,8 @@ from typing import Callable
 from protoseg import config, io
 from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml, refuse_link
 
-SWEEP_FOLDERS = (".tensorboard", ".slurm", ".ray", ".replaced", ".lock")  # the harness writes there
+BOARD, ASIDE, COMPLEXITY = ".tensorboard", ".replaced", ".complexity"
+SWEEP_FOLDERS = (BOARD, ".slurm", ".ray", ASIDE, ".lock")  # the harness writes there
 RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  # opened in place, not renamed over
 STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashed", "corrupt")
 ACTIVE = ("queued", "running")
@@ -238,13 +239,30 @@ class Store:
     def run_dir(self, run_id: str) -> Path:
         return self.dir / run_id
 
+    def board_dir(self, folder_name: str) -> Path:
+        """A run's TensorBoard folder, under the sweep's, so `tensorboard --logdir results/<sweep>` shows all."""
+        return self.dir / BOARD / folder_name
+
+    def aside_dir(self) -> Path:
+        """Where `harness run` sets aside a run folder it replaces (a failed or changed run)."""
+        return self.dir / ASIDE
+
+    def backend_dir(self, backend: str) -> Path:
+        """A backend's working folder in the sweep (its job scripts and logs, its trial state)."""
+        return self.dir / f".{backend}"
+
+    def complexity_cache(self) -> Path:
+        """The results folder's cache of MAC and FLOP counts, one for all its sweeps: an architecture is
+        counted once however many sweeps and runs it has."""
+        return self.root / COMPLEXITY
+
     def links(self, run_ids: list[str]) -> list[Path]:
         """The symbolic links where the harness would write for these runs: the sweep folder, its
         working folders, the run folders and what is opened in them in place. Anyone in a group can
         plant one in a shared results folder, so a link there is refused, never followed (the results
         root itself may be a link only with `--linked-results`: check_root)."""
-        places = [self.dir, self.root / ".complexity", *(self.dir / name for name in SWEEP_FOLDERS)]
-        board = self.dir / ".tensorboard"
+        places = [self.dir, self.complexity_cache(), *(self.dir / name for name in SWEEP_FOLDERS)]
+        board = self.dir / BOARD
         if board.is_dir() and not board.is_symlink():
             places += list(board.iterdir())
         for rid in run_ids:

@@ -46,13 +46,7 @@ def board_dir(store: Store, rid: str) -> Path:
     """Where a run's TensorBoard events go: named by its settings, so `tensorboard --logdir
     results/<sweep>` tells the runs apart ('head=parametric seed=0 (e630d51a9ce1)')."""
     label = settings_text(store.status(rid).get("settings") or {}).replace("/", "_")
-    return store.dir / ".tensorboard" / (f"{label} ({rid})" if label else rid)
-
-
-def complexity_cache(store: Store) -> Path:
-    """The results folder's cache of MAC and FLOP counts, one for all its sweeps: an architecture is counted
-    once however many sweeps and runs it has."""
-    return store.root / ".complexity"
+    return store.board_dir(f"{label} ({rid})" if label else rid)
 
 
 LOST = 75  # exit code of a worker whose run was taken over (EX_TEMPFAIL): it wrote nothing more
@@ -118,7 +112,7 @@ def _execute(store: Store, rid: str, who: dict, token: str, stop: threading.Even
         metrics = engine.run(load_spec(store.run_dir(rid)), store.run_dir(rid),
                              stop=lambda: stop.is_set() or lost.is_set() or cancel.exists(),
                              board_dir=board_dir(store, rid), guard=store.guard(rid, token),
-                             complexity_cache=complexity_cache(store))
+                             complexity_cache=store.complexity_cache())
         store.update(rid, token, state="done", mIoU=metrics["mIoU"], finished=time.time(), error=None)
         return 0
     except Interrupted as err:

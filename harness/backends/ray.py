@@ -156,7 +156,7 @@ def wait(handle: Trials, progress: bool = True) -> dict[str, str]:
             tune_config=tune.TuneConfig(max_concurrent_trials=executor.get("jobs") or 0),
             run_config=tune.RunConfig(
                 name=f"{store.sweep}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(store.dir / ".ray"),  # absolute: trials run with another cwd
+                storage_path=str(store.backend_dir("ray")),  # absolute: trials run with another cwd
                 failure_config=tune.FailureConfig(max_failures=executor["max_failures"]),
                 verbose=1 if progress else 0),
         )

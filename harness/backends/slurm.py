@@ -182,7 +182,7 @@ def _follow(run_dir: str) -> int:
 
 
 def _submit(store: Store, runs: list[RunSpec], executor: dict) -> list:
-    folder = store.dir / ".slurm"
+    folder = store.backend_dir("slurm")
     ex = make_executor(folder, executor, job_name(store))
     import submitit
 
@@ -279,7 +279,7 @@ def resources(executor: dict) -> tuple[int, float | None]:
 
 def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:
     try:
-        return "the sbatch file:\n" + sbatch_script(executor, store.dir / ".slurm", len(runs), job_name(store))
+        return "the sbatch file:\n" + sbatch_script(executor, store.backend_dir("slurm"), len(runs), job_name(store))
     except BackendUnavailable as err:
         return f"(no sbatch file: {err})"
 
