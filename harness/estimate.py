@@ -5,7 +5,7 @@ built once, with random weights, and a few training steps are timed on this mach
 real crop and per-device batch (the global batch over the backend's processes per run). Where that
 does not fit (table2 on a CPU), a smaller `batch` and a crop scaled by `crop_scale` per side are timed and
 the time is scaled per image and per pixel; that flatters a CPU, whose caches suit small tensors (about
-27% low for HRNet-W48, see the README). A cell's expected wall time is its iterations x the time per step
+27% low for HRNet-W48, see docs/estimate.md). A cell's expected wall time is its iterations x the time per step
 (evaluation and start-up left out); its device-hours are that x its processes. Where the backend gives a
 run a time limit (SLURM: timeout_min x (max_timeouts + 1)), a cell that cannot finish within it is flagged."""
 from __future__ import annotations

@@ -36,7 +36,7 @@ def load(file: str, results: Path, overrides: list, profile: str | None, only: l
     (None: a new sweep), with the sweep's store; a smoke run's sweep is the smoke one. MatrixError when none is
     selected."""
     name = matrix.sweep_name_of(file)
-    store = Store(results, smoke.name(name) if smoke_run else name, backends.alive)
+    store = Store(results, smoke.sweep_name(name) if smoke_run else name, backends.alive)
     planned_at = store.spec_version()
     select = Selection(only)
     sweep = matrix.load(file, overrides, profile, select=select, spec_version=planned_at,

@@ -212,7 +212,7 @@ def expand_doc(doc, source: str, overrides=(), profile: str | None = None,
     doc = _checked_doc(doc, source, overrides)
     name = sweep_name(doc, source)
     if smoke_results is not None:
-        name = smoke.name(name)
+        name = smoke.sweep_name(name)
     base = _pin_old_defaults(config.rename_keys(doc.get("base") or {}, source), spec_version, source)
     try:
         resolved_base = config.resolve(base, source=f"{source}: base")

@@ -33,7 +33,7 @@ SETTINGS = {
 FIXTURE_SIZE = (64, 96)  # [h, w] of a fixture's frames
 
 
-def name(sweep: str) -> str:
+def sweep_name(sweep: str) -> str:
     return sweep + SUFFIX
 
 

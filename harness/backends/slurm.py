@@ -70,10 +70,10 @@ def parameters(executor: dict, name: str) -> dict:
         params["slurm_array_parallelism"] = executor["jobs"]
     if executor["gpus_per_task"]:
         params["gpus_per_node"] = executor["gpus_per_task"] * executor["tasks_per_node"]
-    for key, name_ in (("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"), ("partition", "slurm_partition"),
+    for key, parameter in (("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"), ("partition", "slurm_partition"),
                        ("account", "slurm_account"), ("qos", "slurm_qos"), ("constraint", "slurm_constraint")):
         if executor[key] is not None:
-            params[name_] = executor[key]
+            params[parameter] = executor[key]
     return params
 
 
