@@ -71,7 +71,7 @@ def parameters(executor: dict, name: str) -> dict:
     if executor["gpus_per_task"]:
         params["gpus_per_node"] = executor["gpus_per_task"] * executor["tasks_per_node"]
     for key, parameter in (("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"), ("partition", "slurm_partition"),
-                       ("account", "slurm_account"), ("qos", "slurm_qos"), ("constraint", "slurm_constraint")):
+                           ("account", "slurm_account"), ("qos", "slurm_qos"), ("constraint", "slurm_constraint")):
         if executor[key] is not None:
             params[parameter] = executor[key]
     return params
