@@ -49,7 +49,7 @@ COLUMNS = {
                                       "(MMSegmentation's benchmark convention){devices}"),
 }
 SUMMARY = ("mIoU", "mAcc", "aAcc", "num_classes", "params_learnable", "params_learnable_with_aux", "params_total",
-           "macs", "flops", "train_time_s", "train_img_s", "device", *COLUMNS)
+           "macs", "flops", "train_time_s", "train_img_s", "device")  # and the metrics of COLUMNS
 EVAL_NAME = re.compile(r"eval-[A-Za-z0-9_-]+")  # protoseg/evaluate.py file_name()
 # What each reference column (results/paper/*.yaml `column:`) holds, for the captions.
 REFERENCE_SOURCES = {
@@ -86,7 +86,7 @@ def load_runs(sweep_dirs: list[Path], unfinished: bool = False) -> pd.DataFrame:
                       f"`harness run` evaluates the run again", file=sys.stderr)
                 continue
             row = {"sweep": Path(sweep_dir).name, "run_id": entry.name,
-                   **{k: metrics.get(k) for k in SUMMARY}, **_spec_columns(metrics.get("spec", {})),
+                   **{k: metrics.get(k) for k in (*SUMMARY, *COLUMNS)}, **_spec_columns(metrics.get("spec", {})),
                    **_eval_scores(entry.path)}
             rows.append(row)
     return pd.DataFrame(rows)

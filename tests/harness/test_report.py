@@ -16,15 +16,16 @@ def _finished(folder, run_id, head, seed, **metrics):
 
 def test_a_column_table_entry_is_a_column_with_its_legend(tmp_path, monkeypatch):
     sweep = tmp_path / "sweep"
-    _finished(sweep, "a", "parametric", 0, train_img_s=10.0)
-    _finished(sweep, "b", "parametric", 1, train_img_s=14.0)
+    _finished(sweep, "a", "parametric", 0, peak_rss_mib=10.0)
+    _finished(sweep, "b", "parametric", 1, peak_rss_mib=14.0)
     _finished(sweep, "c", "nonparametric", 0)
     frame = report.load_runs([sweep])
     agg = report.aggregate(frame, references={})
-    assert not any("img/s" in c for c in report.paper_table(agg).columns)
+    assert not any("RSS" in c for c in report.paper_table(agg).columns)
 
-    monkeypatch.setitem(report.COLUMNS, "train_img_s", report.Column("img/s", 2, "img/s = training images a second"))
+    monkeypatch.setitem(report.COLUMNS, "peak_rss_mib", report.Column("RSS", 2, "RSS = peak resident memory, MiB"))
+    frame = report.load_runs([sweep])
     agg = report.aggregate(frame, references={})
     table = report.paper_table(agg)
-    assert list(table["synthetic img/s"]) == ["12.00", ""]  # the mean over seeds; none for the other method
-    assert "img/s = training images a second." in report.caption(frame, agg)
+    assert list(table["synthetic RSS"]) == ["12.00", ""]  # the mean over seeds; none for the other method
+    assert "RSS = peak resident memory, MiB." in report.caption(frame, agg)
