@@ -35,16 +35,16 @@ class Column(NamedTuple):
     """A column of the table shown only where some run has its metric (the mean over the row's seeds)."""
     header: str  # after the dataset's name: "camvid FPS"
     digits: int
-    legend: str  # its line in the caption; {devices} is replaced by the devices the runs were timed on
+    legend: str  # its sentence in the caption (columns may share one); {devices}: the devices the runs were timed on
 
 
 # {metrics.json key: Column}: a new column of the table is one entry here. Besides these, one column per
 # `harness evaluate` file name (its mIoU).
+_PROTOTYPES = ("diversity = mean cosine similarity between a class's prototypes (1 = collapsed); protos used = "
+               "prototypes per class nearest to at least one validation pixel of it")
 COLUMNS = {
-    "prototype_diversity": Column("diversity", 3, "diversity = mean cosine similarity between a class's "
-                                                  "prototypes (1 = collapsed)"),
-    "prototypes_used": Column("protos used", 2, "protos used = prototypes per class nearest to at least one "
-                                                "validation pixel of it"),
+    "prototype_diversity": Column("diversity", 3, _PROTOTYPES),
+    "prototypes_used": Column("protos used", 2, _PROTOTYPES),
     "inference_fps": Column("FPS", 1, "FPS = validation images per second at batch 1, the whole inference protocol "
                                       "(MMSegmentation's benchmark convention){devices}"),
 }
@@ -374,10 +374,9 @@ def caption(frame: pd.DataFrame, agg: pd.DataFrame | None = None) -> str:
         parts.append(f"Iterations: {', '.join(map(str, iters))}.")
     parts.append(f"Protocol: {protocols(frame)}.")
     extra = extra_columns(frame)
-    legends = [COLUMNS[c].legend for c in extra if c in COLUMNS]
-    if legends:
-        devices = sorted(set(frame.get("device", pd.Series(dtype=str)).dropna()))
-        parts.append("; ".join(legends).format(devices=" on " + ", ".join(devices) if devices else "") + ".")
+    devices = sorted(set(frame.get("device", pd.Series(dtype=str)).dropna()))
+    for legend in dict.fromkeys(COLUMNS[c].legend for c in extra if c in COLUMNS):
+        parts.append(legend.format(devices=" on " + ", ".join(devices) if devices else "") + ".")
     if any(c not in COLUMNS for c in extra):
         parts.append("eval-... mIoU = the final weights scored by harness evaluate (the name gives the split, "
                      "the inference protocol and, for another data root, a hash of it).")

@@ -126,19 +126,25 @@ COUNTS_VERSION = 2
 # the packages that build the models (timm, transformers) and count them (torch, mmengine): another
 # version of one may build or count another graph, so their versions are part of a cache entry's key
 KEY_DISTRIBUTIONS = ("torch", "timm", "transformers", "mmengine")
+# the model fields (first names) a cache key was made of when COUNTS_VERSION was last bumped: a field added
+# since enters a key only when set off its default, so adding a field leaves every cache entry valid
+KEY_FIELDS = frozenset({"aux_head", "backbone", "decoder", "decoder_channels", "decoder_kernel", "embed_dim", "head",
+                        "mask_norm", "norm", "num_prototypes", "output_stride", "proj_norm"})
 
 
 def cache_key(model_cfg: dict, num_classes: int, size: tuple[int, int]) -> str:
     """The cache entry of an architecture: every model field but those tagged TRAINING (the resolved spec's
-    model section, so every field is there with its value; renamed fields under their first names), the
-    class count, the input size, what is counted (COUNTS_VERSION) and the versions of KEY_DISTRIBUTIONS.
-    Distinct architectures or sizes never share an entry."""
+    model section, so every field is there with its value; renamed fields under their first names; one
+    added since KEY_FIELDS only off its default), the class count, the input size, what is counted
+    (COUNTS_VERSION) and the versions of KEY_DISTRIBUTIONS. Distinct architectures or sizes never share an
+    entry."""
     from .provenance import version
 
-    first = config.first_names()
-    arch = {first.get(path, path).removeprefix("model."): value
-            for path, value in config.flatten(model_cfg, "model.").items()
-            if config.TRAINING not in config.FIELDS[path].tags}
+    first, arch = config.first_names(), {}
+    for path, value in config.flatten(model_cfg, "model.").items():
+        name, field = first.get(path, path).removeprefix("model."), config.FIELDS[path]
+        if config.TRAINING not in field.tags and (name in KEY_FIELDS or value != field.default):
+            arch[name] = value
     versions = {name: version(name) for name in KEY_DISTRIBUTIONS}
     text = json.dumps([COUNTS_VERSION, arch, num_classes, list(size), versions], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

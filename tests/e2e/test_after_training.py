@@ -123,6 +123,14 @@ def test_distinct_architectures_classes_and_sizes_never_share_a_cache_entry():
         == complexity.cache_key(cfg, 4, (512, 512))
 
 
+def test_a_field_added_to_the_model_section_keeps_every_cache_entry_unless_set():
+    cfg = config.resolve({"model": {"decoder": "upernet"}})["model"]
+    before_decoder_options = {k: v for k, v in cfg.items() if k != "decoder_options"}
+    assert complexity.cache_key(cfg, 4, (512, 512)) == complexity.cache_key(before_decoder_options, 4, (512, 512))
+    fewer = config.resolve({"model": {"decoder": "upernet", "decoder_options": {"upernet": {"pool_scales": [1, 3]}}}})
+    assert complexity.cache_key(fewer["model"], 4, (512, 512)) != complexity.cache_key(cfg, 4, (512, 512))
+
+
 def test_the_count_cache_is_never_read_or_written_through_a_symbolic_link(tmp_path):
     cfg = config.resolve({"model": {"decoder_channels": 16}})["model"]
     model = build_model(cfg, 4)
