@@ -6,7 +6,7 @@
 # Without CUDA it runs the same checks at CPU sizes (CI tests it that way).
 #   benchmarks/gpu_check.sh            (PYTHON=... to use another interpreter)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "== HRNet-W48, Cityscapes crop 1024x512, batch 2, AMP: training step and inference FPS"
