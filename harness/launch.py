@@ -17,7 +17,7 @@ from .labels import settings_text
 from .matrix import MatrixError, RunSpec, Sweep
 from .selection import Selection
 from .status import corrupt_text
-from .store import Store, StoreError, check_locking
+from .store import ACTIVE, Store, StoreError, check_locking
 
 STARTS = ("run", "resume", "rerun")  # the first word of a plan's action that starts the run
 
@@ -62,7 +62,7 @@ def plan(store: Store, runs: list[RunSpec], force: bool, retry_failed: bool,
         state = store.state(spec.run_id, stale_after) if spec.run_id in existing else "pending"
         if state == "done":
             action = "rerun" if force else "skip (done)"
-        elif state in ("running", "queued"):
+        elif state in ACTIVE:
             status = store.status(spec.run_id)
             job = f" as {status.get('backend', '').upper()} job {status['job_id']}" if status.get("job_id") else ""
             action = f"skip ({state}{job or ' elsewhere'})"

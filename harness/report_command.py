@@ -20,11 +20,10 @@ def cmd_report(args) -> int:
               file=sys.stderr)
         return 2
     select = Selection(args.only)
-    planned = None
+    name, planned = matrix.sweep_name_of(args.target), None
     if Path(args.target or "").suffix in (".yaml", ".yml"):  # its cells not created yet count as missing
-        name = matrix.sweep_name_of(args.target)
         planned = matrix.load(args.target, spec_version=Store(args.results, name).spec_version(), select=select)
-    stores = sweeps(args.results, matrix.sweep_name_of(args.target), backends.alive)
+    stores = sweeps(args.results, name, backends.alive)
     sections, tables = [], []  # each sweep on its own: a smoke sweep never beside a real one
     for store in stores:
         frame = _report_frame(store, select, planned)
