@@ -1,7 +1,9 @@
 """slurm/dev-cluster brings up a real single-node SLURM with accounting, and takes it down again."""
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,3 +60,40 @@ def test_up_sbatch_sacct_down(folder):
     pids = [p for p in folder.rglob("*.pid") if p.read_text().strip().isdigit()]
     assert not [p for p in pids if os.path.exists(f"/proc/{p.read_text().strip()}/cmdline")
                 and open(f"/proc/{p.read_text().strip()}/stat").read().split()[2] != "Z"]
+
+
+def test_two_nodes_each_with_its_own_hostname_and_address(folder):
+    up = cli("up", folder, "--nodes", "2")
+    env = {**os.environ, "SLURM_CONF": f"{folder}/slurm.conf"}
+    try:
+        assert up.returncode == 0, up.stderr
+        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=env, capture_output=True, text=True)
+        assert nodes.stdout.split() == ["node1", "idle", "node2", "idle"]
+        probe = ("import socket, os; print(socket.gethostname(), os.environ['SLURM_NODEID'], "
+                 "socket.gethostbyname('node1'), socket.gethostbyname('node2'))")
+        both = subprocess.run(["srun", "-N2", "-n2", "-l", sys.executable, "-c", probe], env=env, cwd=folder,
+                              capture_output=True, text=True, timeout=120)
+        assert both.returncode == 0, both.stderr
+        lines = sorted(line.split(": ", 1)[1].split() for line in both.stdout.splitlines())
+        assert [line[:2] for line in lines] == [["node1", "0"], ["node2", "1"]]
+        addresses = {tuple(line[2:]) for line in lines}
+        assert len(addresses) == 1 and len(set(addresses.pop())) == 2  # both nodes agree, two addresses
+        assert socket.gethostname() not in ("node1", "node2")  # the host keeps its own name
+        assert "slurmd@node2" in cli("status", folder).stdout
+        net = dict(line.split("=", 1) for line in (folder / "nodes.env").read_text().split())
+        assert net["NODES"] == "2"
+    finally:
+        down = cli("down", folder, timeout=120)
+    assert down.returncode == 0, down.stderr
+    made = f"dc{net['NET_ID']}"  # the prefix of every namespace, veth and bridge of this DIR
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert made not in links + spaces and not Path(f"/etc/netns/{made}n1").exists()
+    assert net["SUBNET"] + "." not in subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    assert cli("status", folder).returncode == 1
+
+
+@pytest.mark.parametrize("nodes", ["0", "10", "two"])
+def test_a_node_count_out_of_range_is_refused(folder, nodes):
+    up = cli("up", folder, "--nodes", nodes)
+    assert up.returncode != 0 and "--nodes takes a number of nodes from 1 to 9" in up.stderr
