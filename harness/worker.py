@@ -12,7 +12,9 @@ has taken the run over (the claim's fencing token changed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import errno
 import logging
 import signal
 import sys
@@ -26,6 +28,7 @@ from .labels import settings_text
 from .store import Liveness, LostClaim, Store, cannot_tell, load_spec, owner
 
 HEARTBEAT_S = 5.0
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _die_with_parent() -> None:
@@ -130,6 +133,12 @@ def _execute(store: Store, rid: str, who: dict, token: str, stop: threading.Even
     except LostClaim:
         raise
     except Exception as err:  # any failure of the run is recorded, never raised further
+        if isinstance(err, OSError) and err.errno in DISK_FULL:  # the filesystem's fault, not the run's
+            with contextlib.suppress(OSError):  # the record may not fit either; a released claim reads crashed
+                store.update(rid, token, state="crashed", finished=time.time(),
+                             error=f"{err.strerror} writing {err.filename or store.run_dir(rid)}: the results "
+                                   f"filesystem is full; free space and run the same command to resume the run")
+            return 1
         store.write_error(rid, f"{type(err).__name__}: {err}", traceback.format_exc(), token)
         return 1
     finally:

@@ -199,6 +199,8 @@ def _explain_crashes(store: Store, crashed: dict[str, str]) -> None:
     """A run whose job ended without it finishing: say how the job ended (sacct)."""
     ends = slurm_jobs.end_states(crashed.values())
     for rid, job in crashed.items():
+        if store.status(rid).get("state") == "crashed":  # the worker said why (a full disk)
+            continue
         store.update(rid, state="crashed", error=f"SLURM job {job} ended {ends.get(job, 'without a word')} before "
                                                   f"the run finished; run the same command again to resume it")
 
