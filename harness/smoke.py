@@ -6,9 +6,9 @@ experiment's eval.complexity_size (the papers' input sizes). The runs go to the 
 smoke results never mix with real ones."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from protoseg import checkpoint
 from protoseg.io import refuse_link
 from protoseg.registry import NEEDS_ROOT
 
@@ -72,13 +72,7 @@ def write_data(results: Path, datasets) -> list[Path]:
 def drop_checkpoints(store, run_ids) -> int:
     """Delete the checkpoints of finished smoke runs (a 2-iteration Swin-B checkpoint is 1.4 GB; nothing
     resumes a finished run); the bytes freed."""
-    freed = 0
-    for rid in run_ids:
-        folder = store.run_dir(rid) / "checkpoints"
-        if folder.is_dir() and not folder.is_symlink():  # a planted link's target is not ours to delete
-            freed += sum(f.stat().st_size for f in folder.iterdir())
-            shutil.rmtree(folder)
-    return freed
+    return sum(checkpoint.remove_all(store.run_dir(rid)) for rid in run_ids)
 
 
 def sizes_against_paper(frame, entries: list[dict], tolerance: float = 0.01) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def remove_all(run_dir: Path, guard: Guard = contextlib.nullcontext) -> int:
+    """Delete the run's checkpoints folder (not one that is a link, whose target is not the run's); the
+    bytes freed."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir() or folder.is_symlink():
+        return 0
+    with guard():
+        freed = sum(f.stat().st_size for f in folder.iterdir())
+        shutil.rmtree(folder)
+    return freed
 
 
 def save(run_dir: Path, iteration: int, state: dict, keep: int, guard: Guard = contextlib.nullcontext) -> Path:

@@ -268,6 +268,8 @@ def _train(spec: dict, run_dir: Path, stop: Callable[[], bool], rank: int, world
                              spec, device, record, train_time, complexity_cache, world, code)
     if main:
         atomic_write_json(run_dir / "metrics.json", metrics, guard)
+        if not tcfg["keep_checkpoints_when_done"]:
+            checkpoint.remove_all(run_dir, guard)
         log.info("done: mIoU %s%s", metrics["mIoU"], diagnostics.describe(metrics))
     distributed.barrier()  # on every rank, returning means metrics.json is on disk
     return metrics

@@ -130,6 +130,8 @@ FIELDS: dict[str, Field] = {
     "train.eval_interval": field(0, "0 = evaluate only at the end", C.count(0)),
     "train.checkpoint_interval": field(50, "iterations between checkpoints", C.count()),
     "train.keep_checkpoints": field(2, "the newest N checkpoints are kept", C.count()),
+    "train.keep_checkpoints_when_done": field(True, "false: a done run's checkpoints are deleted (nothing resumes "
+                                                    "it; large sweeps on a quota)", tags=(RESOURCE,)),
     "train.progress": field(True, "progress bar / status line on stderr", tags=(RESOURCE,)),
 
     "eval.mode": field("whole", "whole | slide", choices=("whole", "slide"), tags=(EVALUATION,)),

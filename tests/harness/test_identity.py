@@ -81,7 +81,7 @@ def test_a_new_key_set_off_its_default_is_a_new_run(new_key):
 
 def test_resource_fields_never_enter_the_id():
     for key, value in (("train.threads", 3), ("train.device", "cpu"), ("train.progress", False),
-                       ("data.num_workers", 2)):
+                       ("data.num_workers", 2), ("train.keep_checkpoints_when_done", False)):
         assert ids(QUICKSTART, overrides=[(f"base.{key}", value)]) == v1_quickstart_ids(), key
 
 

@@ -32,6 +32,16 @@ def test_run_writes_metrics_and_keeps_newest_checkpoints(tmp_path, spec):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_run_told_not_to_keep_them_deletes_its_checkpoints_once_done(tmp_path, spec):
+    dropped = {**spec, "train": {**spec["train"], "keep_checkpoints_when_done": False}}
+    with pytest.raises(phases.Interrupted):  # interrupted, it keeps its checkpoint to resume from
+        engine.run(dropped, tmp_path, stop=lambda: True)
+    assert checkpoint.load_latest(tmp_path)["iteration"] == 1
+    metrics = engine.run(dropped, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["mIoU"] == metrics["mIoU"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_same_spec_same_seed_gives_identical_results(tmp_path):
     spec = tiny_spec(train={"iterations": 3, "checkpoint_interval": 3, "log_interval": 1,
                             "progress": False, "threads": 1})
