@@ -15,13 +15,14 @@ PYTHON=${PYTHON:-python3}
 WORK=$(mktemp -d /tmp/shared-fs.XXXXXX)
 PIDS=()
 MOUNTS=()
+RPCBIND_FILES=()
 
 cleanup() {
     for point in "${MOUNTS[@]}"; do fusermount -u "$point" 2>/dev/null || fusermount -uz "$point" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     sleep 1
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
+    rm -rf "$WORK" "${RPCBIND_FILES[@]}"
 }
 trap cleanup EXIT
 
@@ -32,7 +33,8 @@ done
 
 if ! rpcinfo -p 127.0.0.1 >/dev/null 2>&1; then  # ganesha registers NFSv3, mountd and NLM there
     mkdir -p /run/rpcbind
-    rpcbind -f -w & PIDS+=($!)  # (rpcbind -h 127.0.0.1 crashes: "free(): double free detected in tcache 2")
+    rpcbind -f & PIDS+=($!)  # (rpcbind -h 127.0.0.1 crashes: "free(): double free detected in tcache 2")
+    RPCBIND_FILES=(/run/rpcbind /run/rpcbind.sock /run/rpcbind.lock)
     sleep 1
 fi
 
