@@ -15,7 +15,7 @@ from protoseg.io import LinkRefused
 
 from . import backends, launch, matrix, report_command
 from .cancel import cancel
-from .help_text import COMMANDS, DESCRIPTION, EXAMPLES, EXIT_CODES, HELP, LINKED_RESULTS, ONLY_HELP
+from .help_text import COMMANDS, DESCRIPTION, EXAMPLES, EXIT_CODES, HELP, LINKED_RESULTS, ONLY_HELP, TRUST_FLOCK
 from .labels import settings_text
 from .matrix import MAX_CELLS, MatrixError
 from .selection import Selection, SelectionError, finished_runs, run_of, stored_runs
@@ -40,7 +40,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(launch.dry_run_text(sweep, store, todo, backend))
         return 0
-    launch.prepare(store, sweep, plan, todo, planned_at)
+    launch.prepare(store, sweep, plan, todo, planned_at, args.trust_flock)
     start = time.time()
     try:
         final = launch.execute(backend, store, todo, sweep.executor)
@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-cells", type=_positive, default=MAX_CELLS, metavar="N", help=HELP["run --max-cells"])
     run.set_defaults(func=cmd_run)
     run.add_argument("--linked-results", action="store_true", help=LINKED_RESULTS)
+    run.add_argument("--trust-flock", action="store_true", help=TRUST_FLOCK)
 
     status = add("status")
     status.add_argument("target", nargs="?", help=HELP["status target"])

@@ -76,3 +76,6 @@ backend's cluster cannot be reached; 4 an internal error (a bug: please report t
 
 LINKED_RESULTS = ("the --results folder itself may be a symbolic link (to cluster scratch, say); links "
                   "inside it stay refused")
+TRUST_FLOCK = ("use a --results folder on a filesystem whose flock may hold within one mount only (FUSE, NFS "
+               "with local locks, Lustre -o localflock, BeeGFS): every process that uses it goes through this "
+               "one mount, or the filesystem forwards its locks")

@@ -99,15 +99,16 @@ def dry_run_text(sweep: Sweep, store: Store, todo: list[RunSpec], backend) -> st
 
 
 def prepare(store: Store, sweep: Sweep, plan: list[tuple[RunSpec, str]], todo: list[RunSpec],
-            planned_at: int | None) -> None:
-    """Before anything starts: no links where the runs write, working flock, the sweep recorded, done runs
-    to rerun and corrupt files set aside (never deleted), each run's folder ready and its old cancel gone."""
+            planned_at: int | None, trust_flock: bool = False) -> None:
+    """Before anything starts: no links where the runs write, working flock shared between mounts (or
+    `trust_flock`), the sweep recorded, done runs to rerun and corrupt files set aside (never deleted), each
+    run's folder ready and its old cancel gone."""
     linked = store.links([spec.run_id for spec in todo])
     if linked:
         more = f" (and {len(linked) - 1} more link(s) there)" if len(linked) > 1 else ""
         raise StoreError(f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}); nothing is written "
                          f"through links in a results folder: replace it with a real one or remove it{more}")
-    check_locking(store.dir)
+    check_locking(store.dir, trust_flock)
     store.record_sweep(sweep.source, provenance.git_commit(), sweep.executor, [r.run_id for r in sweep.runs],
                        planned_at or config.SPEC_VERSION)
     for spec, action in plan:

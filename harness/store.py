@@ -29,6 +29,8 @@ from typing import Callable
 from protoseg import config, io
 from protoseg.io import atomic_write_json, atomic_write_text, atomic_write_yaml, read_yaml, refuse_link
 
+from . import mounts
+
 BOARD, ASIDE, COMPLEXITY = ".tensorboard", ".replaced", ".complexity"
 SWEEP_FOLDERS = (BOARD, ".slurm", ".ray", ASIDE, ".lock")  # the harness writes there
 RUN_PATHS = ("checkpoints", "tensorboard", "train.log", "worker.log", ".lock")  # opened in place, not renamed over
@@ -147,8 +149,9 @@ def read_json(path: Path) -> dict | None:
     return inspect_json(path)[0]
 
 
-def check_locking(folder: Path) -> None:
-    """The harness writes into `folder` and its claims need flock; some NFS and Lustre mounts do not give it."""
+def check_locking(folder: Path, trust_flock: bool = False) -> None:
+    """The harness writes into `folder` and its claims need flock; some NFS and Lustre mounts do not give it,
+    and some give it only within one mount (mounts.unshared_flock), which `trust_flock` accepts."""
     path = folder / ".lock"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -160,7 +163,7 @@ def check_locking(folder: Path) -> None:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(handle, fcntl.LOCK_UN)
     except BlockingIOError:
-        return  # held by another harness right now: locking works
+        pass  # held by another harness right now: locking works
     except OSError as err:
         raise StoreError(f"{folder}: file locking (flock) does not work on this filesystem ({err.strerror}); "
                          f"two harnesses could run the same run twice. Use a --results folder on a local disk "
@@ -168,6 +171,15 @@ def check_locking(folder: Path) -> None:
                          f"-o flock)") from None
     finally:
         os.close(handle)
+    mount = None if trust_flock else mounts.mount_of(folder)
+    reason = mount and mounts.unshared_flock(mount)
+    if reason:
+        raise StoreError(f"{folder}: flock on this filesystem ({mount.fstype} at {mount.point}) may hold within "
+                         f"one mount only: {reason}. A harness or job that reaches the folder through another "
+                         f"mount (another node) could then run the same run twice. Use a --results folder on "
+                         f"a local disk or on a filesystem whose flock is shared (NFS with local_lock=none, "
+                         f"Lustre -o flock), or pass --trust-flock if every process that uses this folder goes "
+                         f"through this one mount or the filesystem forwards its locks")
 
 
 def check_root(results: Path, linked_ok: bool) -> None:

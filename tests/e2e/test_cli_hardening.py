@@ -112,6 +112,28 @@ def test_a_results_folder_without_flock_is_refused_at_start(tmp_path, monkeypatc
     assert not any((tmp_path / "results" / "hard").glob("*/status.json"))
 
 
+def test_a_results_folder_whose_flock_stays_in_one_mount_is_refused_unless_trusted(tmp_path, monkeypatch, capsys):
+    from harness import backends, launch, mounts
+
+    info = tmp_path / "mountinfo"
+    info.write_text(f"27 1 254:0 / / rw - ext4 /dev/vda rw\n"
+                    f"70 27 0:70 / {os.path.realpath(tmp_path)} rw - nfs4 server:/home rw,local_lock=flock\n")
+    monkeypatch.setattr(mounts, "MOUNTINFO", info)
+    path, results = experiment(tmp_path), tmp_path / "results"
+    code = cli.main(["run", str(path), "--results", str(results)])
+    err = capsys.readouterr().err
+    assert code == 2 and "nfs4" in err and "local_lock=flock" in err and "--trust-flock" in err, err
+    assert not any((results / "hard").glob("*/status.json"))
+
+    def unreachable(*args):
+        raise backends.BackendUnavailable("stopped here: the runs were prepared")
+
+    monkeypatch.setattr(launch, "execute", unreachable)
+    code = cli.main(["run", str(path), "--results", str(results), "--trust-flock"])
+    assert code == 3 and "stopped here" in capsys.readouterr().err
+    assert len(list((results / "hard").glob("*/status.json"))) == 2  # prepared: the check let it through
+
+
 def test_an_internal_error_exits_4_with_its_traceback(tmp_path, monkeypatch, capsys):
     (tmp_path / "results" / "x").mkdir(parents=True)
     (tmp_path / "results" / "x" / "sweep.json").write_text("{}")
