@@ -38,16 +38,21 @@ def node_ids(folder: Path) -> dict[int, str]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """(folder, head address, {node number: node id}) of a 2-node Ray; down (and checked empty) at the end."""
+    """(folder, head address, {node number: node id}) of a 2-node Ray; down (and checked empty) at the end.
+    While it lives, the environment has the variables `up` exports (the address and the cluster's token)."""
     folder = Path(tempfile.mkdtemp(prefix="devray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    before = dict(os.environ)
     try:
         up = dev_cluster("up", folder, "--nodes", 2)
         assert up.returncode == 0, up.stderr
-        address = up.stdout.strip().removeprefix("export RAY_ADDRESS=")
+        exported = dict(item.split("=", 1) for item in up.stdout.split()[1:])  # export K=V K=V ...
+        os.environ.update(exported)
         ids = node_ids(folder)
         assert sorted(ids) == [0, 1] and ids[0] != ids[1], ids
-        yield folder, address, ids
+        yield folder, exported["RAY_ADDRESS"], ids
     finally:
+        os.environ.clear()
+        os.environ.update(before)
         down = dev_cluster("down", folder)
         assert down.returncode == 0, down.stderr
         assert "up" not in dev_cluster("status", folder).stdout  # nothing of either node is left
