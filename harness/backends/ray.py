@@ -59,7 +59,13 @@ def connect(address: str | None, num_cpus: int) -> str:
         try:
             ray.init(address=address, log_to_driver=False)
         except ConnectionError as err:
-            raise BackendUnavailable(f"no Ray cluster at {address}: {err}") from None
+            if address == "auto":
+                raise BackendUnavailable(f"no Ray cluster at {address}: {err}") from None
+            # something listens there (_check_reachable), so this client may lack the cluster's token
+            raise BackendUnavailable(
+                f"cannot join the Ray cluster at {address}: {err}; a cluster with token authentication takes only "
+                f"clients with its token (RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, "
+                f"else ~/.ray/auth_token)") from None
         return f"connected to the Ray cluster at {address} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return f"started a local Ray with {num_cpus} CPUs"

@@ -76,6 +76,18 @@ def test_trials_spread_over_both_nodes(tmp_path, cluster):
     assert {store.status(rid)["ray_node"] for rid in runs} == {ids[0], ids[1]}
 
 
+def test_a_client_without_the_clusters_token_is_told_so(tmp_path, cluster):
+    folder, address, ids = cluster
+    path, runs = experiment(tmp_path, "token", seeds=1, iterations=2)
+    (tmp_path / "other_token").write_text("0" * 64)
+    proc = run_harness("run", path, "--backend", "ray", "--address", address, results=tmp_path / "results",
+                       env={"RAY_AUTH_TOKEN_PATH": str(tmp_path / "other_token")})  # Ray tries for about 20 s
+    assert proc.returncode == 3
+    assert f"cannot join the Ray cluster at {address}" in proc.stderr and "RAY_AUTH_TOKEN_PATH" in proc.stderr
+    store = Store(tmp_path / "results", "token")
+    assert store.claim_info(runs[0]) is None and not store.is_done(runs[0])  # claim given back
+
+
 def test_a_node_that_dies_mid_sweep_loses_no_finished_run(tmp_path, cluster):
     folder, address, ids = cluster
     iterations = 16
