@@ -90,7 +90,7 @@ def test_a_client_without_the_clusters_token_is_told_so(tmp_path, cluster):
 
 def test_a_node_that_dies_mid_sweep_loses_no_finished_run(tmp_path, cluster):
     folder, address, ids = cluster
-    iterations = 16
+    iterations = 12
     path, runs = experiment(tmp_path, "nodeloss", seeds=4, iterations=iterations)
     results = tmp_path / "results"
     store = Store(results, "nodeloss")
