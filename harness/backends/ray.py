@@ -4,6 +4,7 @@ storage lives under the sweep folder, and a new Tune experiment is started on
 every invocation (the matrix may have grown; Tune's restore cannot know)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from ..store import Store, owner, pid_alive, read_json
+from ..store import LostClaim, Store, owner, pid_alive, read_json
 from . import BackendUnavailable, Setting, claim_all, integer, number
 from .local import cores
 
@@ -58,7 +59,13 @@ def connect(address: str | None, num_cpus: int) -> str:
         try:
             ray.init(address=address, log_to_driver=False)
         except ConnectionError as err:
-            raise BackendUnavailable(f"no Ray cluster at {address}: {err}") from None
+            if address == "auto":
+                raise BackendUnavailable(f"no Ray cluster at {address}: {err}") from None
+            # something listens there (_check_reachable), so this client may lack the cluster's token
+            raise BackendUnavailable(
+                f"cannot join the Ray cluster at {address}: {err}; a cluster with token authentication takes only "
+                f"clients with its token (RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, "
+                f"else ~/.ray/auth_token)") from None
         return f"connected to the Ray cluster at {address} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return f"started a local Ray with {num_cpus} CPUs"
@@ -78,6 +85,7 @@ def attempt(config: dict) -> None:
     this one reports its progress to Tune. A run that fails inside the engine
     is recorded as failed and not retried (the failure is deterministic); a
     trial that dies is retried by Tune and resumes from the engine's checkpoint."""
+    import ray
     from ray import tune
 
     import torch
@@ -86,6 +94,9 @@ def attempt(config: dict) -> None:
 
     run_dir = Path(config["run"]["run_dir"])
     store, rid = store_of(run_dir)
+    if not store.is_done(rid):  # which Ray node runs this try (the hostname cannot tell nodes of one host apart)
+        with contextlib.suppress(LostClaim):  # execute() says so and stops
+            store.update(rid, config.get("token"), ray_node=ray.get_runtime_context().get_node_id())
     torch.set_num_threads(int(config.get("threads") or 1))
     outcome: dict = {}
     trial = tune.get_context().get_trial_id()
