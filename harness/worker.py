@@ -133,11 +133,10 @@ def _execute(store: Store, rid: str, who: dict, token: str, stop: threading.Even
     except LostClaim:
         raise
     except Exception as err:  # any failure of the run is recorded, never raised further
-        if isinstance(err, OSError) and err.errno in DISK_FULL:  # the filesystem's fault, not the run's
-            with contextlib.suppress(OSError):  # the record may not fit either; a released claim reads crashed
-                store.update(rid, token, state="crashed", finished=time.time(),
-                             error=f"{err.strerror} writing {err.filename or store.run_dir(rid)}: the results "
-                                   f"filesystem is full; free space and run the same command to resume the run")
+        crash = _not_the_runs_fault(err, store.run_dir(rid))
+        if crash:  # it resumes from its last checkpoint when run again, no --retry-failed
+            with contextlib.suppress(OSError):  # on a full disk the record may not fit: a released claim reads crashed
+                store.update(rid, token, state="crashed", finished=time.time(), error=crash)
             return 1
         store.write_error(rid, f"{type(err).__name__}: {err}", traceback.format_exc(), token)
         return 1
@@ -145,6 +144,19 @@ def _execute(store: Store, rid: str, who: dict, token: str, stop: threading.Even
         beating.set()
         if store.status(rid).get("state") != "queued":
             store.release(rid, token)
+
+
+def _not_the_runs_fault(err: Exception, run_dir: Path) -> str | None:
+    """Why the run ended through no fault of its own (a full disk, a lost DDP peer), or None."""
+    from protoseg import distributed
+
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        return (f"{err.strerror} writing {err.filename or run_dir}: the results filesystem is full; free space "
+                f"and run the same command to resume the run")
+    if distributed.lost_peer(err):
+        return (f"another process of this DDP run is gone (its task was killed or its node lost: {err}); run the "
+                f"same command to resume the run from its checkpoint")
+    return None
 
 
 def _record_cancel(store: Store, rid: str, token: str) -> None:

@@ -42,6 +42,13 @@ def init_from_env(device_type: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def lost_peer(err: BaseException) -> bool:
+    """Did a collective fail because another process of the run is gone (killed, its node lost)? Then the
+    run is not at fault and resumes from its checkpoint. NCCL and the c10d store raise DistError; gloo's
+    transport raises a RuntimeError that names it."""
+    return isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo/transport" in str(err))
+
+
 def destroy() -> None:
     global _created
     if _created:

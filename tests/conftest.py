@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -109,6 +110,15 @@ def slurm_cluster():
         else:
             os.environ["SLURM_CONF"] = before
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def same_results(a: Path, b: Path) -> None:
+    """Two run folders trained the same: confusion matrix and loss history identical."""
+    import numpy as np
+
+    ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    assert np.array_equal(np.array(ma["confusion"]), np.array(mb["confusion"]))
+    assert [h["loss"] for h in ma["history"]] == [h["loss"] for h in mb["history"]]
 
 
 def wait_for_file(proc: subprocess.Popen, path: Path, timeout: float = 120) -> None:

@@ -39,6 +39,8 @@ SETTINGS = {
                              "None = the cluster's default; torch uses this many threads"),
     "gpus_per_task": Setting(0, integer(), "an integer >= 0"),
     "tasks_per_node": Setting(1, integer(1), "a positive integer", "> 1: one DDP process per task (and per GPU)"),
+    "nodes": Setting(1, integer(1), "a positive integer",
+                     "> 1: one DDP run across this many nodes, tasks_per_node processes on each"),
     "mem_gb": Setting(None, optional(number()), "null or a positive number of GB"),
     "constraint": Setting(None, text, "null or a non-empty string"),
     "setup": Setting([], lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
@@ -61,7 +63,7 @@ def job_name(store: Store) -> str:
 
 def parameters(executor: dict, name: str) -> dict:
     """The executor section as submitit AutoExecutor parameters."""
-    params = {"name": name, "timeout_min": executor["timeout_min"], "nodes": 1,
+    params = {"name": name, "timeout_min": executor["timeout_min"], "nodes": executor["nodes"],
               "tasks_per_node": executor["tasks_per_node"],
               "slurm_signal_delay_s": executor["signal_delay_s"],
               "slurm_setup": list(executor["setup"]),
@@ -274,9 +276,9 @@ def cancel(claims: list[dict], pending_only: bool) -> list[str | None]:
 
 
 def resources(executor: dict) -> tuple[int, float | None]:
-    """A run is one job of tasks_per_node processes on one node, requeued up to max_timeouts times after
-    its timeout_min."""
-    return executor["tasks_per_node"], executor["timeout_min"] * (executor["max_timeouts"] + 1)
+    """A run is one job of tasks_per_node processes on each of its nodes, requeued up to max_timeouts times
+    after its timeout_min."""
+    return executor["nodes"] * executor["tasks_per_node"], executor["timeout_min"] * (executor["max_timeouts"] + 1)
 
 
 def describe(store: Store, runs: list[RunSpec], executor: dict) -> str:

@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, harness_command, needs_dev_slurm, run_harness, tiny_experiment
+from conftest import ROOT, harness_command, needs_dev_slurm, run_harness, same_results, tiny_experiment
 from harness.store import Store
 
 pytestmark = [pytest.mark.slow, needs_dev_slurm]
@@ -70,13 +69,6 @@ def iteration(store: Store, rid: str) -> int:
         return json.loads(progress.read_text())["iteration"]
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
-
-
-def same_results(a: Path, b: Path) -> None:
-    """Two run folders trained the same: confusion matrix and loss history identical."""
-    ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
-    assert np.array_equal(np.array(ma["confusion"]), np.array(mb["confusion"]))
-    assert [h["loss"] for h in ma["history"]] == [h["loss"] for h in mb["history"]]
 
 
 @pytest.fixture
