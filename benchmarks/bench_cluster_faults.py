@@ -8,9 +8,10 @@ Needs root: slurm/dev-cluster (network namespaces), a tmpfs mount. What it does:
 1. `slurm/dev-cluster up WORK/slurm --nodes N`, each node one CPU; an experiment of --cells tiny cells
    (train.seed 0..cells-1: 4 iterations, a checkpoint at 2, checkpoints deleted once done) on the SLURM
    backend as one job array, --jobs tasks at a time.
-2. Fault-free, in WORK/clean: `harness run` with executor.wait false (the submission, timed), `harness status`
-   timed three times while the cells run (its squeue calls counted through a logging `squeue` first on PATH),
-   then waited on until every cell is done.
+2. Fault-free, in WORK/clean: `harness run` with executor.wait false (the submission, timed) and `harness
+   status` timed three times (its squeue calls counted through a logging `squeue` first on PATH), both while
+   the nodes are drained, so that they measure the harness and not the cells running on the same 2 cores;
+   then the nodes resumed and every cell waited on.
 3. Under faults, in WORK/faulted, a tmpfs of --tmpfs-mb: a driver loop that runs `harness run` again whenever
    it ends, as a user would, until every cell is done; meanwhile, at random moments (exponential gaps of
    mean --gap s), one of FAULTS: kill -9 of a running task, kill -9 and restart of slurmctld, a node drained
@@ -88,6 +89,10 @@ class Cluster:
 
     def call(self, *args: str) -> str:
         return subprocess.run(list(args), capture_output=True, text=True, env=self.env, timeout=60).stdout
+
+    def set_nodes(self, state: str) -> None:
+        for node in range(1, self.nodes + 1):
+            self.call("scontrol", "update", f"NodeName=node{node}", f"State={state}", "Reason=bench")
 
     def tasks(self, states: str, older_than: float = 0) -> list[str]:
         """The sweep's array tasks in `states` that have run for more than `older_than` seconds."""
@@ -226,8 +231,11 @@ class Faults(threading.Thread):
         return f"results filesystem full for 15 s ({free.f_bavail * free.f_frsize / 2**20:.0f} MiB filled)"
 
 
-def clean_run(sweep: Sweep, log) -> dict:
-    """The fault-free run: submission timed, status timed while the cells run, then every cell waited on."""
+def clean_run(sweep: Sweep, log, submit_only: bool = False) -> dict:
+    """The fault-free run: submission and status timed while the nodes are drained (the harness's own cost,
+    not the 2 cores' contention with running cells), then every cell waited on (`submit_only`: the cells
+    scancelled instead)."""
+    sweep.cluster.set_nodes("DRAIN")
     start = time.time()
     exp = yaml.safe_load(sweep.exp.read_text())
     exp["executor"]["wait"] = False
@@ -247,10 +255,15 @@ def clean_run(sweep: Sweep, log) -> dict:
         status_s.append(time.time() - tick)
         calls.append(len(counted.read_text().split()) if counted.exists() else 0)
         counted.unlink(missing_ok=True)
+    sweep.cluster.set_nodes("RESUME")
+    figures = {"submit_s": round(submit_s, 2), "status_s": round(statistics.median(status_s), 3),
+               "squeue_calls_per_status": max(calls)}
+    if submit_only:
+        subprocess.run(sweep.harness("cancel", SWEEP), cwd=ROOT, env=sweep.cluster.env, stdout=log, stderr=log)
+        return figures
     while sweep.sample(start) < len(sweep.run_ids):
         time.sleep(2)
-    return {"submit_s": round(submit_s, 2), "status_s": round(statistics.median(status_s), 3),
-            "squeue_calls_per_status": max(calls), "wall_s": round(time.time() - start, 1)}
+    return {**figures, "wall_s": round(time.time() - start, 1)}
 
 
 def faulted_run(sweep: Sweep, gap: float, rng: random.Random, order: tuple[str, ...], log) -> dict:
@@ -316,7 +329,7 @@ def plot(path: Path, clean: Sweep, faulted: Sweep, faults: list) -> None:
 
 
 def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, tmpfs_mb: int,
-          order: tuple[str, ...] = (), keep: bool = False) -> dict:
+          order: tuple[str, ...] = (), keep: bool = False, submit_only: bool = False) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)  # munged (user munge) reaches the cluster's folder through it
     cluster = Cluster(work, nodes)
@@ -329,7 +342,9 @@ def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, 
     try:
         cluster.up()
         with open(work / "driver.log", "ab") as log:
-            figures = {"cells": cells, "nodes": nodes, "jobs": jobs, "clean": clean_run(clean, log)}
+            figures = {"cells": cells, "nodes": nodes, "jobs": jobs, "clean": clean_run(clean, log, submit_only)}
+            if submit_only:
+                return figures
             figures["faulted"] = faulted_run(faulted, gap, random.Random(seed), order, log)
         figures["check"] = check(clean, faulted)
         plot(work / "cells_done.png", clean, faulted, figures["faulted"]["faults"])
@@ -351,14 +366,20 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-faults"))
     parser.add_argument("--tmpfs-mb", type=int, default=3072)
     parser.add_argument("--keep", action="store_true", help="leave the cluster up and the tmpfs mounted")
+    parser.add_argument("--submit-only", action="store_true",
+                        help="time the submission and `harness status` only, then cancel the cells")
     args = parser.parse_args()
-    figures = bench(args.work, args.cells, args.nodes, args.jobs, args.gap, args.seed, args.tmpfs_mb, keep=args.keep)
-    clean, faulted, verdict = figures["clean"], figures["faulted"], figures["check"]
-    kinds = collections.Counter(kind for _, kind, _ in faulted["faults"])
+    figures = bench(args.work, args.cells, args.nodes, args.jobs, args.gap, args.seed, args.tmpfs_mb, keep=args.keep,
+                    submit_only=args.submit_only)
+    clean = figures["clean"]
     print(f"{args.cells} cells, {args.nodes} nodes, {args.jobs} tasks at a time (this machine: {os.cpu_count()} cores)")
     print(f"  submission (harness run, executor.wait false): {clean['submit_s']:.2f} s")
     print(f"  harness status of {args.cells} runs: {clean['status_s']:.3f} s, "
           f"{clean['squeue_calls_per_status']} squeue call(s)")
+    if args.submit_only:
+        return 0
+    faulted, verdict = figures["faulted"], figures["check"]
+    kinds = collections.Counter(kind for _, kind, _ in faulted["faults"])
     print(f"  wall: fault-free {clean['wall_s']:.0f} s, under faults {faulted['wall_s']:.0f} s "
           f"({faulted['driver_restarts']} driver restarts)")
     print(f"  faults: {', '.join(f'{n} {k}' for k, n in kinds.items())}")

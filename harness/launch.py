@@ -17,7 +17,7 @@ from .labels import settings_text
 from .matrix import MatrixError, RunSpec, Sweep
 from .selection import Selection
 from .status import corrupt_text
-from .store import ACTIVE, Store, StoreError, check_locking
+from .store import ACTIVE, Store, StoreError, check_locking, each_run
 
 STARTS = ("run", "resume", "rerun")  # the first word of a plan's action that starts the run
 
@@ -118,9 +118,11 @@ def prepare(store: Store, sweep: Sweep, plan: list[tuple[RunSpec, str]], todo: l
             shutil.move(str(store.run_dir(spec.run_id)), str(aside))
         elif "corrupt" in action:
             store.set_aside_corrupt(spec.run_id)
-    for spec in todo:
+    def ready(spec: RunSpec) -> None:
         store.prepare(spec.run_id, spec.spec, spec.settings)
         store.cancel_path(spec.run_id).unlink(missing_ok=True)  # an old `harness cancel` must not stop it
+
+    each_run(ready, todo)
 
 
 def execute(backend, store: Store, todo: list[RunSpec], executor: dict) -> dict[str, str]:

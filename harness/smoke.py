@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protoseg import checkpoint
 from protoseg.io import refuse_link
 from protoseg.registry import NEEDS_ROOT
 
@@ -72,6 +71,8 @@ def write_data(results: Path, datasets) -> list[Path]:
 def drop_checkpoints(store, run_ids) -> int:
     """Delete the checkpoints of finished smoke runs (a 2-iteration Swin-B checkpoint is 1.4 GB; nothing
     resumes a finished run); the bytes freed."""
+    from protoseg import checkpoint  # torch: not for every command that imports this module
+
     return sum(checkpoint.remove_all(store.run_dir(rid)) for rid in run_ids)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 from protoseg import config
 
-from ..store import STALE_AFTER
+from ..store import STALE_AFTER, each_run
 
 NAMES = ("local", "slurm", "ray")
 
@@ -165,8 +165,8 @@ def executor(given: dict, source: str, profile: tuple[dict, Path] | None = None)
 def claim_all(store, runs, who: dict, stale_after: float) -> tuple[list, dict[str, str]]:
     """Claim each run for `who`: (the runs claimed, {run id: why not} for the others)."""
     claimed, others = [], {}
-    for spec in runs:
-        if store.claim(spec.run_id, who, stale_after):
+    for spec, took in zip(runs, each_run(lambda spec: store.claim(spec.run_id, who, stale_after), runs)):
+        if took:
             claimed.append(spec)
         else:
             others[spec.run_id] = "done elsewhere" if store.is_done(spec.run_id) else "running elsewhere"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import backends
 from ..progress import RunBar
-from ..store import STALE_AFTER, LostClaim, Store, owner
+from ..store import STALE_AFTER, LostClaim, Store, each_run, owner
 from ..worker import execute, store_of
 from . import BackendUnavailable, Setting, claim_all, integer, number, optional, slurm_jobs, text
 
@@ -229,9 +229,10 @@ def submit(store: Store, runs: list[RunSpec], executor: dict) -> Submitted:
             for spec in claimed:
                 store.release(spec.run_id, me["token"])
             raise
-        for spec, job in zip(claimed, jobs):
-            store.hand_to_job(spec.run_id, me, {**me, "job_id": job.job_id, "pid": None}, job_id=job.job_id,
-                              backend="slurm", log=str(job.paths.stderr), submitted=time.time())
+        each_run(lambda pair: store.hand_to_job(pair[0].run_id, me, {**me, "job_id": pair[1].job_id, "pid": None},
+                                                job_id=pair[1].job_id, backend="slurm",
+                                                log=str(pair[1].paths.stderr), submitted=time.time()),
+                 list(zip(claimed, jobs)))
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     first = jobs[0].job_id.split("_")[0]

@@ -34,10 +34,12 @@ def _call(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
 
 
 def squeue(job_ids: list[str]) -> dict[str, str]:
-    """{job id: state} of the ids squeue still lists (array tasks one by one)."""
-    found: dict[str, str] = {}
-    for start in range(0, len(job_ids), 500):
-        chunk = job_ids[start:start + 500]
+    """{job id: state} of the ids squeue still lists (array tasks one by one). It is asked about their arrays,
+    not each task, so a sweep of any size is one call."""
+    asked, found = set(job_ids), {}
+    arrays = sorted({job.split("_")[0] for job in job_ids})
+    for start in range(0, len(arrays), 500):
+        chunk = arrays[start:start + 500]
         out = _call(["squeue", "-h", "-r", "-o", "%i|%T", f"--jobs={','.join(chunk)}"])
         if out.returncode != 0:
             if "Invalid job id" in out.stderr:  # none of them is known any more
@@ -45,7 +47,8 @@ def squeue(job_ids: list[str]) -> dict[str, str]:
             raise SlurmUnavailable(f"squeue failed: {out.stderr.strip()}")
         for line in out.stdout.splitlines():
             job, _, state = line.partition("|")
-            found[job.strip()] = state.strip()
+            if job.strip() in asked:
+                found[job.strip()] = state.strip()
     return found
 
 

@@ -79,3 +79,14 @@ def test_cancel_in_the_queue_names_only_the_jobs_that_had_not_started(squeue, tm
     assert log.read_text().split() == ["--state=PENDING", "41_2", "41_3"]
     assert slurm_jobs.cancel(["41_1", "40"], pending_only=False) == {"41_1"}
     assert log.read_text().splitlines()[-1].split() == ["41_1"]
+
+
+def test_the_tasks_of_a_thousand_run_sweep_are_one_squeue_call_about_their_arrays(squeue, tmp_path):
+    calls = tmp_path / "calls"
+    tasks = [f"41_{i}" for i in range(600)] + [f"42_{i}" for i in range(400)] + ["43"]
+    squeue(f'echo "$@" >>{calls}; echo "41_0|RUNNING"; echo "41_7|PENDING"; echo "42_9|COMPLETED"; '
+           f'echo "44_1|RUNNING"')
+    alive = slurm_jobs.alive_many(tasks)
+    (call,) = calls.read_text().splitlines()
+    assert call.endswith("--jobs=41,42,43")
+    assert [job for job, live in zip(tasks, alive) if live] == ["41_0", "41_7"]  # 42_9 ended, 44_1 not asked
