@@ -118,6 +118,7 @@ def prepare(store: Store, sweep: Sweep, plan: list[tuple[RunSpec, str]], todo: l
             shutil.move(str(store.run_dir(spec.run_id)), str(aside))
         elif "corrupt" in action:
             store.set_aside_corrupt(spec.run_id)
+
     def ready(spec: RunSpec) -> None:
         store.prepare(spec.run_id, spec.spec, spec.settings)
         store.cancel_path(spec.run_id).unlink(missing_ok=True)  # an old `harness cancel` must not stop it

@@ -38,18 +38,6 @@ STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashe
 ACTIVE = ("queued", "running")
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 WRITERS = 16  # runs written at once by each_run
-
-
-def each_run(fn: Callable, items) -> list:
-    """[fn(item) for item in items], WRITERS at a time: each item's files are its own run's, and writing them
-    waits on the disk (fsync) or, on a cluster filesystem, on its server; a 1,000-run sweep would otherwise
-    wait for each in turn."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(WRITERS) as pool:
-        return list(pool.map(fn, items))
-
-
 STALE_AFTER = 120  # seconds without a heartbeat before a claim counts as gone (executor.stale_after's default)
 NOT_A_SWEEP = "paper"  # results/paper/ holds the papers' numbers (harness.report), not runs
 # Is each claim's run still held, asked of its backend in one batch; None: cannot tell (pid and heartbeat decide)
@@ -160,6 +148,16 @@ def inspect_json(path: Path) -> tuple[dict | None, str | None]:
 def read_json(path: Path) -> dict | None:
     """A JSON object file's content, or None when it is missing or not what it should be (inspect_json)."""
     return inspect_json(path)[0]
+
+
+def each_run(fn: Callable, items) -> list:
+    """[fn(item) for item in items], WRITERS at a time: each item's files are its own run's, and writing them
+    waits on the disk (fsync) or, on a cluster filesystem, on its server; a 1,000-run sweep would otherwise
+    wait for each in turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        return list(pool.map(fn, items))
 
 
 def check_locking(folder: Path, trust_flock: bool = False) -> None:

@@ -201,7 +201,7 @@ def _explain_crashes(store: Store, crashed: dict[str, str]) -> None:
     """A run whose job ended without it finishing: say how the job ended (sacct)."""
     ends = slurm_jobs.end_states(crashed.values())
     for rid, job in crashed.items():
-        if store.status(rid).get("state") == "crashed":  # the worker said why (a full disk)
+        if store.status(rid).get("state") == "crashed":  # the worker said why (a full disk, a lost DDP peer)
             continue
         store.update(rid, state="crashed", error=f"SLURM job {job} ended {ends.get(job, 'without a word')} before "
                                                   f"the run finished; run the same command again to resume it")
@@ -229,10 +229,12 @@ def submit(store: Store, runs: list[RunSpec], executor: dict) -> Submitted:
             for spec in claimed:
                 store.release(spec.run_id, me["token"])
             raise
-        each_run(lambda pair: store.hand_to_job(pair[0].run_id, me, {**me, "job_id": pair[1].job_id, "pid": None},
-                                                job_id=pair[1].job_id, backend="slurm",
-                                                log=str(pair[1].paths.stderr), submitted=time.time()),
-                 list(zip(claimed, jobs)))
+        def hand(pair) -> None:
+            spec, job = pair
+            store.hand_to_job(spec.run_id, me, {**me, "job_id": job.job_id, "pid": None}, job_id=job.job_id,
+                              backend="slurm", log=str(job.paths.stderr), submitted=time.time())
+
+        each_run(hand, list(zip(claimed, jobs)))  # its threads inherit the blocked SIGINT
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     first = jobs[0].job_id.split("_")[0]
