@@ -12,6 +12,9 @@ Needs root: slurm/dev-cluster (network namespaces), a tmpfs mount. What it does:
    status` timed three times (its squeue calls counted through a logging `squeue` first on PATH), both while
    the nodes are drained, so that they measure the harness and not the cells running on the same 2 cores;
    then the nodes resumed and every cell waited on.
+   With --reference local the fault-free run trains on the local backend instead (the same mIoU per run id,
+   without a python start-up per cell: a 1,000-cell benchmark then fits in about an hour here), and the
+   submission is timed on its own in WORK/submit, its cells cancelled.
 3. Under faults, in WORK/faulted, a tmpfs of --tmpfs-mb: a driver loop that runs `harness run` again whenever
    it ends, as a user would, until every cell is done; meanwhile, at random moments (exponential gaps of
    mean --gap s), one of FAULTS: kill -9 of a running task, kill -9 and restart of slurmctld, a node drained
@@ -219,7 +222,7 @@ class Faults(threading.Thread):
         return f"kill -9 of the harness run driver {driver.pid}"
 
     def fill_disk(self) -> str:
-        filler = self.sweep.results / ".fill"
+        filler = self.sweep.results / f".fill-{len(self.log)}"  # its own: an earlier fill may still hold
         free = os.statvfs(self.sweep.results)
         with open(filler, "wb") as out:  # bytes written, not a sparse file: the tmpfs is really full
             try:
@@ -227,7 +230,7 @@ class Faults(threading.Thread):
                     out.write(b"\0" * 2**20)
             except OSError:
                 pass
-        threading.Timer(15, filler.unlink).start()
+        threading.Timer(15, filler.unlink, kwargs={"missing_ok": True}).start()
         return f"results filesystem full for 15 s ({free.f_bavail * free.f_frsize / 2**20:.0f} MiB filled)"
 
 
@@ -264,6 +267,21 @@ def clean_run(sweep: Sweep, log, submit_only: bool = False) -> dict:
     while sweep.sample(start) < len(sweep.run_ids):
         time.sleep(2)
     return {**figures, "wall_s": round(time.time() - start, 1)}
+
+
+def local_run(sweep: Sweep, log) -> dict:
+    """The fault-free reference on the local backend, one run per core: the same mIoU per run id as on SLURM
+    (tests/harness/backends/test_slurm.py), without a python start-up per cell."""
+    start = time.time()
+    driver = subprocess.Popen(sweep.harness("run", str(sweep.exp), "--backend", "local", "--jobs",
+                                            str(os.cpu_count())),
+                              cwd=ROOT, env=sweep.cluster.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    while driver.poll() is None:
+        sweep.sample(start)
+        time.sleep(2)
+    if sweep.sample(start) < len(sweep.run_ids):
+        raise RuntimeError(f"the local reference run ended (exit {driver.returncode}) with cells not done")
+    return {"wall_s": round(time.time() - start, 1), "backend": "local"}
 
 
 def faulted_run(sweep: Sweep, gap: float, rng: random.Random, order: tuple[str, ...], log) -> dict:
@@ -329,7 +347,8 @@ def plot(path: Path, clean: Sweep, faulted: Sweep, faults: list) -> None:
 
 
 def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, tmpfs_mb: int,
-          order: tuple[str, ...] = (), keep: bool = False, submit_only: bool = False) -> dict:
+          order: tuple[str, ...] = (), keep: bool = False, submit_only: bool = False,
+          reference: str = "slurm") -> dict:
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)  # munged (user munge) reaches the cluster's folder through it
     cluster = Cluster(work, nodes)
@@ -342,7 +361,13 @@ def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, 
     try:
         cluster.up()
         with open(work / "driver.log", "ab") as log:
-            figures = {"cells": cells, "nodes": nodes, "jobs": jobs, "clean": clean_run(clean, log, submit_only)}
+            if reference == "local":  # the submission timed on its own, its cells cancelled
+                timed = clean_run(Sweep(cluster, exp, work / "submit", run_ids), log, submit_only=True)
+                figures = {"cells": cells, "nodes": nodes, "jobs": jobs,
+                           "clean": {**timed, **({} if submit_only else local_run(clean, log))}}
+            else:
+                figures = {"cells": cells, "nodes": nodes, "jobs": jobs,
+                           "clean": {**clean_run(clean, log, submit_only), "backend": "slurm"}}
             if submit_only:
                 return figures
             figures["faulted"] = faulted_run(faulted, gap, random.Random(seed), order, log)
@@ -366,11 +391,15 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-faults"))
     parser.add_argument("--tmpfs-mb", type=int, default=3072)
     parser.add_argument("--keep", action="store_true", help="leave the cluster up and the tmpfs mounted")
+    parser.add_argument("--reference", choices=("slurm", "local"), default="slurm",
+                        help="where the fault-free run trains: on the dev SLURM (its wall time compares), or on the "
+                             "local backend (the same mIoU in a fraction of the time; the submission is then timed "
+                             "on its own)")
     parser.add_argument("--submit-only", action="store_true",
                         help="time the submission and `harness status` only, then cancel the cells")
     args = parser.parse_args()
     figures = bench(args.work, args.cells, args.nodes, args.jobs, args.gap, args.seed, args.tmpfs_mb, keep=args.keep,
-                    submit_only=args.submit_only)
+                    submit_only=args.submit_only, reference=args.reference)
     clean = figures["clean"]
     print(f"{args.cells} cells, {args.nodes} nodes, {args.jobs} tasks at a time (this machine: {os.cpu_count()} cores)")
     print(f"  submission (harness run, executor.wait false): {clean['submit_s']:.2f} s")
@@ -380,7 +409,7 @@ def main() -> int:
         return 0
     faulted, verdict = figures["faulted"], figures["check"]
     kinds = collections.Counter(kind for _, kind, _ in faulted["faults"])
-    print(f"  wall: fault-free {clean['wall_s']:.0f} s, under faults {faulted['wall_s']:.0f} s "
+    print(f"  wall: fault-free {clean['wall_s']:.0f} s ({clean['backend']} backend), under faults {faulted['wall_s']:.0f} s "
           f"({faulted['driver_restarts']} driver restarts)")
     print(f"  faults: {', '.join(f'{n} {k}' for k, n in kinds.items())}")
     print(f"  every cell done exactly once: {verdict['done_once']}; attempts per cell: {verdict['attempts']}")
