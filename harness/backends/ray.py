@@ -71,13 +71,14 @@ def connect(address: str | None, num_cpus: int) -> str:
     return f"started a local Ray with {num_cpus} CPUs"
 
 
-def _pointer_checkpoint(run_dir: Path, progress: dict | None):
-    """A Tune checkpoint that points at the engine's checkpoints instead of copying them."""
-    from ray.tune import Checkpoint
+def _report(metrics: dict, run_dir: Path, progress: dict | None) -> None:
+    """tune.report with a checkpoint that points at the engine's checkpoints instead of copying them; Tune
+    copies the pointer into its storage before report returns, so its folder goes at once."""
+    from ray import tune
 
-    folder = Path(tempfile.mkdtemp(prefix="protoseg-pointer-"))
-    (folder / "pointer.json").write_text(json.dumps({"run_dir": str(run_dir), "progress": progress}))
-    return Checkpoint.from_directory(str(folder))
+    with tempfile.TemporaryDirectory(prefix="protoseg-pointer-") as folder:
+        (Path(folder) / "pointer.json").write_text(json.dumps({"run_dir": str(run_dir), "progress": progress}))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def attempt(config: dict) -> None:
@@ -116,12 +117,12 @@ def attempt(config: dict) -> None:
             os._exit(143)
         progress = read_json(run_dir / "progress.json")
         if progress and progress != last:
-            tune.report({"iteration": progress["iteration"], "loss": progress["loss"], "state": "running"},
-                        checkpoint=_pointer_checkpoint(run_dir, progress))
+            _report({"iteration": progress["iteration"], "loss": progress["loss"], "state": "running"}, run_dir,
+                    progress)
             last = progress
     status = store.status(rid)
-    tune.report({"state": status.get("state"), "mIoU": status.get("mIoU"), "exit_code": outcome.get("code")},
-                checkpoint=_pointer_checkpoint(run_dir, read_json(run_dir / "progress.json")))
+    _report({"state": status.get("state"), "mIoU": status.get("mIoU"), "exit_code": outcome.get("code")}, run_dir,
+            read_json(run_dir / "progress.json"))
 
 
 class Trials:
