@@ -21,7 +21,7 @@ from .matrix import MAX_CELLS, MatrixError
 from .selection import Selection, SelectionError, finished_runs, run_of, stored_runs
 from .show import diff_text, evaluation_lines, show_lines
 from .status import status_lines
-from .store import ACTIVE, STALE_AFTER, Store, StoreError, check_root, sweeps
+from .store import ACTIVE, DISK_FULL, STALE_AFTER, Store, StoreError, check_root, sweeps
 
 
 def cmd_run(args) -> int:
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
               f"or choose another --results folder", file=sys.stderr)
         return 2
     except OSError as err:
-        if err.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):  # the disk, not a bug
+        if err.errno in (errno.EROFS, *DISK_FULL):  # the disk, not a bug
             where = f"{err.filename}: " if err.filename else f"{args.results}: "  # a write() names no file
             print(f"error: {where}{err.strerror}; nothing finished is lost. Free space or choose a "
                   f"--results folder you can write", file=sys.stderr)

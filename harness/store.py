@@ -38,6 +38,7 @@ STATES = ("pending", "queued", "running", "done", "failed", "cancelled", "crashe
 ACTIVE = ("queued", "running")
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 WRITERS = 16  # runs written at once by each_run
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the filesystem's fault, not the run's
 STALE_AFTER = 120  # seconds without a heartbeat before a claim counts as gone (executor.stale_after's default)
 NOT_A_SWEEP = "paper"  # results/paper/ holds the papers' numbers (harness.report), not runs
 # Is each claim's run still held, asked of its backend in one batch; None: cannot tell (pid and heartbeat decide)

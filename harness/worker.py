@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import errno
 import logging
 import signal
 import sys
@@ -25,10 +24,9 @@ from pathlib import Path
 
 from . import backends
 from .labels import settings_text
-from .store import Liveness, LostClaim, Store, cannot_tell, load_spec, owner
+from .store import DISK_FULL, Liveness, LostClaim, Store, cannot_tell, load_spec, owner
 
 HEARTBEAT_S = 5.0
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _die_with_parent() -> None:
