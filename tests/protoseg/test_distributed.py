@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import tiny_spec
+from conftest import free_port, tiny_spec
 from protoseg import checkpoint, engine, optim
 from protoseg.data.sampler import TrainBatches
 from protoseg.models.prototypes import assign, average_over_ranks, momentum_update, sinkhorn_plan
@@ -97,12 +96,6 @@ def test_the_ranks_slices_make_up_the_global_batch():
         assert sorted(sum((r[it] for r in ranks), [])) == sorted(batch)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _record_writes(root: str, into: list) -> None:
     """Note every file this process creates, writes, renames or deletes under `root`."""
     writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -162,7 +155,7 @@ def two_ranks(tmp_path_factory):
         {"name": "odd", "spec": tiny_spec(data={"batch_size": 3})},
     ]
     for job in jobs:
-        job.update(port=_free_port(), dir=str(runs / job.get("dir", job["name"])))
+        job.update(port=free_port(), dir=str(runs / job.get("dir", job["name"])))
     ranks = mp.spawn(_engine_worker, args=(jobs, str(runs), str(out)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 150
     while not ranks.join(timeout=1):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, harness_command, needs_dev_slurm, run_harness, same_results, tiny_experiment
+from conftest import ROOT, free_port, harness_command, needs_dev_slurm, run_harness, same_results, tiny_experiment
 from harness.store import Store
 
 pytestmark = [pytest.mark.slow, needs_dev_slurm]
@@ -47,12 +46,6 @@ def wait_for(predicate, what: str, timeout: float = 180):
             return value
         assert time.time() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def slurm(*args) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, harness_command, needs_dev_slurm, run_harness, same_results, tiny_experiment
+from conftest import ROOT, free_port, harness_command, needs_dev_slurm, run_harness, same_results, tiny_experiment
 from harness.store import Store
 
 pytestmark = [pytest.mark.slow, needs_dev_slurm]
@@ -56,12 +55,6 @@ def uninterrupted(two_nodes, tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (rid,) = Store(folder / "results", "across").run_ids()
     return folder / "results" / "across" / rid
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rank_process(rank: int, slurm_conf: str) -> int | None:
