@@ -234,16 +234,22 @@ class Faults(threading.Thread):
         return f"results filesystem full for 15 s ({free.f_bavail * free.f_frsize / 2**20:.0f} MiB filled)"
 
 
+def variant(exp: Path, name: str, executor: dict) -> Path:
+    """The experiment file with another executor section (the same cells, the same run ids)."""
+    doc = yaml.safe_load(exp.read_text())
+    doc["executor"] = executor
+    path = exp.with_name(f"{name}.yaml")
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def clean_run(sweep: Sweep, log, submit_only: bool = False) -> dict:
     """The fault-free run: submission and status timed while the nodes are drained (the harness's own cost,
     not the 2 cores' contention with running cells), then every cell waited on (`submit_only`: the cells
     scancelled instead)."""
     sweep.cluster.set_nodes("DRAIN")
     start = time.time()
-    exp = yaml.safe_load(sweep.exp.read_text())
-    exp["executor"]["wait"] = False
-    nowait = sweep.exp.with_name("clean.yaml")
-    nowait.write_text(yaml.safe_dump(exp, sort_keys=False))
+    nowait = variant(sweep.exp, "clean", {**yaml.safe_load(sweep.exp.read_text())["executor"], "wait": False})
     submit = subprocess.run(sweep.harness("run", str(nowait)), cwd=ROOT, env=sweep.cluster.env, stdout=log,
                             stderr=log)
     submit_s = time.time() - start
@@ -273,9 +279,8 @@ def local_run(sweep: Sweep, log) -> dict:
     """The fault-free reference on the local backend, one run per core: the same mIoU per run id as on SLURM
     (tests/harness/backends/test_slurm.py), without a python start-up per cell."""
     start = time.time()
-    driver = subprocess.Popen(sweep.harness("run", str(sweep.exp), "--backend", "local", "--jobs",
-                                            str(os.cpu_count())),
-                              cwd=ROOT, env=sweep.cluster.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    local = variant(sweep.exp, "local", {"backend": "local", "jobs": os.cpu_count()})
+    driver = subprocess.Popen(sweep.harness("run", str(local)), cwd=ROOT, env=sweep.cluster.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     while driver.poll() is None:
         sweep.sample(start)
         time.sleep(2)
@@ -346,6 +351,12 @@ def plot(path: Path, clean: Sweep, faulted: Sweep, faults: list) -> None:
     plt.close(fig)
 
 
+def save(work: Path, figures: dict) -> None:
+    tmp = work / "figures.json.tmp"
+    tmp.write_text(json.dumps(figures, indent=1))
+    os.replace(tmp, work / "figures.json")
+
+
 def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, tmpfs_mb: int,
           order: tuple[str, ...] = (), keep: bool = False, submit_only: bool = False,
           reference: str = "slurm") -> dict:
@@ -368,12 +379,16 @@ def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, 
             else:
                 figures = {"cells": cells, "nodes": nodes, "jobs": jobs,
                            "clean": {**clean_run(clean, log, submit_only), "backend": "slurm"}}
+            figures["clean"]["samples"] = clean.samples  # (s, cells done): the plot's curve
+            save(work, figures)  # each stage's figures kept as it ends: a 1,000-cell run takes hours
             if submit_only:
                 return figures
-            figures["faulted"] = faulted_run(faulted, gap, random.Random(seed), order, log)
+            figures["faulted"] = {**faulted_run(faulted, gap, random.Random(seed), order, log),
+                                  "samples": faulted.samples}
+            save(work, figures)
         figures["check"] = check(clean, faulted)
+        save(work, figures)
         plot(work / "cells_done.png", clean, faulted, figures["faulted"]["faults"])
-        (work / "figures.json").write_text(json.dumps(figures, indent=1))
         return figures
     finally:
         if not keep:
