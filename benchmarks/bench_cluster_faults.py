@@ -290,23 +290,30 @@ def local_run(sweep: Sweep, log) -> dict:
 
 
 def faulted_run(sweep: Sweep, gap: float, rng: random.Random, order: tuple[str, ...], log) -> dict:
-    """The driver loop under faults, until every cell is done."""
-    start, began, restarts = time.time(), 0.0, -1
+    """The driver loop under faults, until every cell is done (or SIGTERM / Ctrl-C: "interrupted", the
+    figures so far)."""
+    start, began, restarts, interrupted = time.time(), 0.0, -1, False
     faults = Faults(sweep, start, gap, rng, order)
     faults.start()
-    while sweep.sample(start) < len(sweep.run_ids):
-        if sweep.driver is None or sweep.driver.poll() is not None:
-            if sweep.driver is not None and time.time() - began < 10:
-                time.sleep(5)  # it found nothing to do: the other cells still run under their jobs
-            restarts += 1
-            began = time.time()
-            sweep.start_driver(log)
-        time.sleep(1)
+    try:
+        while sweep.sample(start) < len(sweep.run_ids):
+            if sweep.driver is None or sweep.driver.poll() is not None:
+                if sweep.driver is not None and time.time() - began < 10:
+                    time.sleep(5)  # it found nothing to do
+                restarts += 1
+                began = time.time()
+                sweep.start_driver(log)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        interrupted = True
     faults.stop.set()
     faults.join()
-    if sweep.driver.poll() is None:
+    if interrupted:
+        os.killpg(sweep.driver.pid, signal.SIGKILL)
+    elif sweep.driver.poll() is None:
         sweep.driver.wait(timeout=300)
-    return {"wall_s": round(time.time() - start, 1), "driver_restarts": restarts, "faults": faults.log}
+    return {"wall_s": round(time.time() - start, 1), "driver_restarts": restarts, "faults": faults.log,
+            "samples": sweep.samples, **({"interrupted": True} if interrupted else {})}
 
 
 def check(clean: Sweep, faulted: Sweep) -> dict:
@@ -383,9 +390,11 @@ def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, 
             save(work, figures)  # each stage's figures kept as it ends: a 1,000-cell run takes hours
             if submit_only:
                 return figures
-            figures["faulted"] = {**faulted_run(faulted, gap, random.Random(seed), order, log),
-                                  "samples": faulted.samples}
+            figures["faulted"] = faulted_run(faulted, gap, random.Random(seed), order, log)
             save(work, figures)
+        if figures["faulted"].get("interrupted"):
+            plot(work / "cells_done.png", clean, faulted, figures["faulted"]["faults"])
+            return figures
         figures["check"] = check(clean, faulted)
         save(work, figures)
         plot(work / "cells_done.png", clean, faulted, figures["faulted"]["faults"])
@@ -394,6 +403,10 @@ def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, 
         if not keep:
             cluster.down()
             subprocess.run(["umount", str(faulted.results)], capture_output=True)
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -413,6 +426,8 @@ def main() -> int:
     parser.add_argument("--submit-only", action="store_true",
                         help="time the submission and `harness status` only, then cancel the cells")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, interrupt)  # and SIGINT, which a shell's background job ignores
+    signal.signal(signal.SIGINT, interrupt)
     figures = bench(args.work, args.cells, args.nodes, args.jobs, args.gap, args.seed, args.tmpfs_mb, keep=args.keep,
                     submit_only=args.submit_only, reference=args.reference)
     clean = figures["clean"]
@@ -422,8 +437,13 @@ def main() -> int:
           f"{clean['squeue_calls_per_status']} squeue call(s)")
     if args.submit_only:
         return 0
-    faulted, verdict = figures["faulted"], figures["check"]
+    faulted = figures["faulted"]
     kinds = collections.Counter(kind for _, kind, _ in faulted["faults"])
+    if faulted.get("interrupted"):
+        print(f"  interrupted after {faulted['wall_s']:.0f} s under faults, {faulted['samples'][-1][1]} cells done "
+              f"({', '.join(f'{n} {k}' for k, n in kinds.items())}); figures so far: {args.work / 'figures.json'}")
+        return 1
+    verdict = figures["check"]
     print(f"  wall: fault-free {clean['wall_s']:.0f} s ({clean['backend']} backend), under faults {faulted['wall_s']:.0f} s "
           f"({faulted['driver_restarts']} driver restarts)")
     print(f"  faults: {', '.join(f'{n} {k}' for k, n in kinds.items())}")

@@ -33,17 +33,18 @@ def cmd_run(args) -> int:
         check_root(args.results, args.linked_results)
     for warning in launch.check_inputs(sweep, args.results, args.smoke, args.dry_run):
         print(f"warning: {warning}", file=sys.stderr)
-    plan = launch.plan(store, sweep.runs, args.force, args.retry_failed, sweep.executor["stale_after"])
+    backend = backends.get(sweep.executor["backend"])
+    plan = launch.plan(store, sweep.runs, args.force, args.retry_failed, sweep.executor["stale_after"],
+                       follow=sweep.executor["backend"] if backend.DETACHED else None)
     print("\n".join(launch.plan_lines(sweep, store, plan)))
     todo = launch.to_run(plan)
-    backend = backends.get(sweep.executor["backend"])
     if args.dry_run:
         print(launch.dry_run_text(sweep, store, todo, backend))
         return 0
     launch.prepare(store, sweep, plan, todo, planned_at, args.trust_flock)
     start = time.time()
     try:
-        final = launch.execute(backend, store, todo, sweep.executor)
+        final = launch.execute(backend, store, todo, sweep.executor, launch.to_follow(plan))
     except backends.BackendUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -54,9 +54,11 @@ def check_inputs(sweep: Sweep, results: Path, smoke_run: bool, dry_run: bool) ->
     return [] if smoke_run and dry_run else matrix.check_inputs(sweep, dry_run)
 
 
-def plan(store: Store, runs: list[RunSpec], force: bool, retry_failed: bool,
-         stale_after: float) -> list[tuple[RunSpec, str]]:
-    """Each selected cell with what `harness run` does about it: run, resume, rerun or skip (why)."""
+def plan(store: Store, runs: list[RunSpec], force: bool, retry_failed: bool, stale_after: float,
+         follow: str | None = None) -> list[tuple[RunSpec, str]]:
+    """Each selected cell with what `harness run` does about it: run, resume, rerun, follow or skip (why).
+    `follow`: the backend whose jobs outlive their driver (SLURM); a run held by one of its jobs, handed out
+    by an earlier `harness run`, is waited on with the new ones rather than skipped."""
     out, existing = [], set(store.run_ids())
     for spec in runs:
         state = store.state(spec.run_id, stale_after) if spec.run_id in existing else "pending"
@@ -65,7 +67,8 @@ def plan(store: Store, runs: list[RunSpec], force: bool, retry_failed: bool,
         elif state in ACTIVE:
             status = store.status(spec.run_id)
             job = f" as {status.get('backend', '').upper()} job {status['job_id']}" if status.get("job_id") else ""
-            action = f"skip ({state}{job or ' elsewhere'})"
+            verb = "follow" if job and follow and status.get("backend") == follow else "skip"
+            action = f"{verb} ({state}{job or ' elsewhere'})"
         elif state == "failed":
             action = ("resume" if store.has_checkpoint(spec.run_id) else "run") if retry_failed \
                 else "skip (failed; --retry-failed)"
@@ -85,6 +88,10 @@ def plan_lines(sweep: Sweep, store: Store, plan: list[tuple[RunSpec, str]]) -> l
 
 def to_run(plan: list[tuple[RunSpec, str]]) -> list[RunSpec]:
     return [spec for spec, action in plan if action.split()[0] in STARTS]
+
+
+def to_follow(plan: list[tuple[RunSpec, str]]) -> list[RunSpec]:
+    return [spec for spec, action in plan if action.startswith("follow")]
 
 
 def dry_run_text(sweep: Sweep, store: Store, todo: list[RunSpec], backend) -> str:
@@ -126,13 +133,17 @@ def prepare(store: Store, sweep: Sweep, plan: list[tuple[RunSpec, str]], todo: l
     each_run(ready, todo)
 
 
-def execute(backend, store: Store, todo: list[RunSpec], executor: dict) -> dict[str, str]:
-    """Submit the runs to the backend and wait for them: {run id: final state}. Raises Stopped on
-    Ctrl-C, SIGTERM or SIGHUP, and the backend's BackendUnavailable."""
+def execute(backend, store: Store, todo: list[RunSpec], executor: dict,
+            follow: list[RunSpec] = ()) -> dict[str, str]:
+    """Submit the runs to the backend and wait for them, and for the runs to `follow` (a detached backend's):
+    {run id: final state}. Raises Stopped on Ctrl-C, SIGTERM or SIGHUP, and the backend's BackendUnavailable."""
+    if not todo and not follow:
+        return {}
     received: list[int] = []
     try:
         with signals_interrupt(received):
-            return backend.wait(backend.submit(store, todo, executor)) if todo else {}
+            handle = backend.submit(store, todo, executor, follow) if follow else backend.submit(store, todo, executor)
+            return backend.wait(handle)
     except KeyboardInterrupt:
         raise Stopped(received[0] if received else signal.SIGINT) from None
 

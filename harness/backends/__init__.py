@@ -42,7 +42,8 @@ class Backend(Protocol):
     DETACHED: bool                # its runs go on when the driver stops (SLURM jobs)
 
     def submit(self, store, runs: list, executor: dict) -> Any:
-        """Claim and start (or queue) the runs; returns a handle for wait()."""
+        """Claim and start (or queue) the runs; returns a handle for wait(). A DETACHED backend's also takes
+        `follow`: runs its jobs hold for an earlier driver, which wait() then follows with the new ones."""
 
     def wait(self, handle, progress: bool = True) -> dict[str, str]:
         """Follow the runs to their end: {run id: final state}."""

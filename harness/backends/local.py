@@ -36,7 +36,10 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-PRELOAD = ["harness.backends.forkserver_setup", "harness.backends.local", "harness.worker", "protoseg.engine"]
+# what every run imports: timm (backbones import it when they build), torch._inductor.config
+# (torch.use_deterministic_algorithms imports it, 1.5 s a run on a 2-core machine)
+PRELOAD = ["harness.backends.forkserver_setup", "harness.backends.local", "harness.worker", "protoseg.engine",
+           "timm", "torch._inductor.config"]
 
 
 def _context():

@@ -214,12 +214,19 @@ class Submitted:
         self.store, self.runs, self.ids, self.final, self.executor = store, runs, ids, final, executor
 
 
-def submit(store: Store, runs: list[RunSpec], executor: dict) -> Submitted:
-    """Claim the runs, sbatch them as one array, hand each claim to its job."""
+def submit(store: Store, runs: list[RunSpec], executor: dict, follow: list[RunSpec] = ()) -> Submitted:
+    """Claim the runs, sbatch them as one array, hand each claim to its job; with the runs to `follow`,
+    which jobs of an earlier `harness run` hold (a driver killed or logged out, then started again)."""
     me = owner(backend="slurm")
     claimed, final = claim_all(store, runs, me, executor["stale_after"])
+    jobs_of = {spec.run_id: store.status(spec.run_id).get("job_id") for spec in follow}
+    followed = {rid: job for rid, job in jobs_of.items() if job}
+    follow = [spec for spec in follow if spec.run_id in followed]
+    if followed:
+        print(f"following {len(followed)} run(s) that SLURM jobs of an earlier `harness run` hold",
+              file=sys.stderr)
     if not claimed:
-        return Submitted(store, [], {}, final, executor)
+        return Submitted(store, follow, followed, final, executor)
     # no Ctrl-C between sbatch and the job ids in the store: the jobs would exist unrecorded
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
@@ -241,7 +248,8 @@ def submit(store: Store, runs: list[RunSpec], executor: dict) -> Submitted:
     at_once = f", {executor['jobs']} at a time" if executor["jobs"] else ""
     print(f"submitted {len(jobs)} run(s) to SLURM as job {first}{' (array' + at_once + ')' if len(jobs) > 1 else ''}; "
           f"logs in {store.dir / '.slurm'}", file=sys.stderr)
-    return Submitted(store, claimed, {spec.run_id: job.job_id for spec, job in zip(claimed, jobs)}, final, executor)
+    return Submitted(store, [*claimed, *follow], {**{spec.run_id: job.job_id for spec, job in zip(claimed, jobs)},
+                                                  **followed}, final, executor)
 
 
 def wait(handle: Submitted, progress: bool = True) -> dict[str, str]:

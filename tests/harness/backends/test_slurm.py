@@ -179,7 +179,7 @@ def test_cancel_then_run_completes_the_sweep(tmp_path, results):
     assert store.status(running)["resumed"] is True and store.status(running)["attempts"] == 2
 
 
-def test_a_killed_submitter_then_run_again_submits_nothing_twice(tmp_path, results):
+def test_a_killed_submitter_then_run_again_follows_its_jobs_and_submits_nothing_twice(tmp_path, results):
     path = experiment(tmp_path, "orphans", axes={"train.seed": [0, 1]}, iterations=20, jobs=1)
     store = Store(results, "orphans")
     proc = background("run", path, "--profile", "dev", results=results, log=tmp_path / "run.log")
@@ -189,12 +189,12 @@ def test_a_killed_submitter_then_run_again_submits_nothing_twice(tmp_path, resul
     proc.wait()
     jobs = {rid: s["job_id"] for rid, s in status(store).items()}
 
-    again = harness("run", path, "--profile", "dev", results=results)
+    again = harness("run", path, "--profile", "dev", results=results)  # waits on the jobs it did not submit
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "nothing to run" in again.stdout
-    assert again.stdout.count("as SLURM job") == 2 and "submitted" not in again.stderr
-
-    wait_for(lambda: all(store.state(r) == "done" for r in jobs), "the orphaned jobs to finish", TIMEOUT)
+    assert again.stdout.count("follow (") == 2 and again.stdout.count("as SLURM job") == 2
+    assert "submitted" not in again.stderr and "following 2 run(s)" in again.stderr
+    assert "2 run(s) in" in again.stdout and "2 done" in again.stdout
+    assert all(store.state(r) == "done" for r in jobs)  # done when it returned, not after
     assert {rid: s["job_id"] for rid, s in status(store).items()} == jobs
     assert all(s["attempts"] == 1 for s in status(store).values())
     array = next(iter(jobs.values())).split("_")[0]
