@@ -35,7 +35,7 @@ def cmd_run(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     backend = backends.get(sweep.executor["backend"])
     plan = launch.plan(store, sweep.runs, args.force, args.retry_failed, sweep.executor["stale_after"],
-                       follow=sweep.executor["backend"] if backend.DETACHED else None)
+                       follow_backend=sweep.executor["backend"] if backend.DETACHED else None)
     print("\n".join(launch.plan_lines(sweep, store, plan)))
     todo = launch.to_run(plan)
     if args.dry_run:

@@ -55,9 +55,9 @@ def check_inputs(sweep: Sweep, results: Path, smoke_run: bool, dry_run: bool) ->
 
 
 def plan(store: Store, runs: list[RunSpec], force: bool, retry_failed: bool, stale_after: float,
-         follow: str | None = None) -> list[tuple[RunSpec, str]]:
+         follow_backend: str | None = None) -> list[tuple[RunSpec, str]]:
     """Each selected cell with what `harness run` does about it: run, resume, rerun, follow or skip (why).
-    `follow`: the backend whose jobs outlive their driver (SLURM); a run held by one of its jobs, handed out
+    `follow_backend`: the backend whose jobs outlive their driver (SLURM); a run held by one of its jobs, handed out
     by an earlier `harness run`, is waited on with the new ones rather than skipped."""
     out, existing = [], set(store.run_ids())
     for spec in runs:
@@ -67,7 +67,7 @@ def plan(store: Store, runs: list[RunSpec], force: bool, retry_failed: bool, sta
         elif state in ACTIVE:
             status = store.status(spec.run_id)
             job = f" as {status.get('backend', '').upper()} job {status['job_id']}" if status.get("job_id") else ""
-            verb = "follow" if job and follow and status.get("backend") == follow else "skip"
+            verb = "follow" if job and follow_backend and status.get("backend") == follow_backend else "skip"
             action = f"{verb} ({state}{job or ' elsewhere'})"
         elif state == "failed":
             action = ("resume" if store.has_checkpoint(spec.run_id) else "run") if retry_failed \
