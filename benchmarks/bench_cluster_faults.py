@@ -17,7 +17,7 @@ Needs root: slurm/dev-cluster (network namespaces), a tmpfs mount. What it does:
    SLURM), and the submission is timed on its own in WORK/submit, its cells cancelled.
 3. Under faults, in WORK/faulted, a tmpfs of --tmpfs-mb: a driver loop that runs `harness run` again whenever
    it ends, as a user would, until every cell is done; meanwhile, at random moments (exponential gaps of
-   mean --gap s), one of FAULTS: kill -9 of a running task, kill -9 and restart of slurmctld, a node drained
+   mean --gap s), one of FAULTS: kill -9 of a task that trains, kill -9 and restart of slurmctld, a node drained
    for 20 s, three array tasks scancelled, two requeued, kill -9 of the driver, the results tmpfs full for 15 s.
 4. Checks: every cell done, each exactly once (one "done:" line in its train.log; attempts from status.json),
    and every run id's mIoU identical to the fault-free run's. Prints the figures; writes WORK/figures.json and
@@ -112,7 +112,7 @@ class Cluster:
 
     def task_processes(self, older_than: float) -> list[int]:
         """The pids of the python processes (not their srun) of this cluster's array tasks that started more
-        than `older_than` seconds ago: by then they train."""
+        than `older_than` seconds ago."""
         found, conf = [], f"SLURM_CONF={self.env['SLURM_CONF']}".encode()
         ticks, uptime = os.sysconf("SC_CLK_TCK"), float(Path("/proc/uptime").read_text().split()[0])
         for proc in Path("/proc").iterdir():
@@ -143,6 +143,17 @@ class Sweep:
 
     def done(self) -> int:
         return sum((self.run_dir(rid) / "metrics.json").exists() for rid in self.run_ids)
+
+    def training_pids(self) -> set[int]:
+        """The processes that hold the claim of a running run (its attempt counted): past their start-up."""
+        pids = set()
+        for rid in self.run_ids:
+            try:
+                if json.loads((self.run_dir(rid) / "status.json").read_text())["state"] == "running":
+                    pids.add(json.loads((self.run_dir(rid) / "claim").read_text())["pid"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return pids
 
     def sample(self, start: float) -> int:
         done = self.done()
@@ -178,7 +189,8 @@ class Faults(threading.Thread):
                 self.stop.wait(0.5)  # nothing to act on yet
 
     def kill_task(self) -> str | None:
-        pids = self.cluster.task_processes(older_than=5)
+        training = self.sweep.training_pids()
+        pids = [pid for pid in self.cluster.task_processes(older_than=5) if pid in training]
         if not pids:
             return None
         pid = self.rng.choice(pids)
