@@ -45,6 +45,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from harness import matrix  # noqa: E402
+from harness.store import Store  # noqa: E402
+from protoseg.io import atomic_write_json  # noqa: E402
 
 SWEEP = "faults"
 SCRIPT = ROOT / "slurm" / "dev-cluster"
@@ -132,6 +134,7 @@ class Sweep:
 
     def __init__(self, cluster: Cluster, exp: Path, results: Path, run_ids: list[str]):
         self.cluster, self.exp, self.results, self.run_ids = cluster, exp, results, run_ids
+        self.store = Store(results, SWEEP)
         self.driver: subprocess.Popen | None = None
         self.samples: list[tuple[float, int]] = []
 
@@ -139,21 +142,16 @@ class Sweep:
         return [sys.executable, "-m", "harness.cli", *args, "--results", str(self.results)]
 
     def run_dir(self, rid: str) -> Path:
-        return self.results / SWEEP / rid
+        return self.store.run_dir(rid)
 
     def done(self) -> int:
         return sum((self.run_dir(rid) / "metrics.json").exists() for rid in self.run_ids)
 
     def training_pids(self) -> set[int]:
         """The processes that hold the claim of a running run (its attempt counted): past their start-up."""
-        pids = set()
-        for rid in self.run_ids:
-            try:
-                if json.loads((self.run_dir(rid) / "status.json").read_text())["state"] == "running":
-                    pids.add(json.loads((self.run_dir(rid) / "claim").read_text())["pid"])
-            except (OSError, ValueError, KeyError):
-                continue
-        return pids
+        claims = [self.store.claim_info(rid) for rid in self.run_ids
+                  if self.store.status(rid).get("state") == "running"]
+        return {claim.get("pid") for claim in claims if claim}
 
     def sample(self, start: float) -> int:
         done = self.done()
@@ -189,8 +187,10 @@ class Faults(threading.Thread):
                 self.stop.wait(0.5)  # nothing to act on yet
 
     def kill_task(self) -> str | None:
-        training = self.sweep.training_pids()
-        pids = [pid for pid in self.cluster.task_processes(older_than=5) if pid in training]
+        pids = self.cluster.task_processes(older_than=5)
+        if pids:  # the status files read only when there is a task to kill
+            training = self.sweep.training_pids()
+            pids = [pid for pid in pids if pid in training]
         if not pids:
             return None
         pid = self.rng.choice(pids)
@@ -337,7 +337,7 @@ def check(clean: Sweep, faulted: Sweep) -> dict:
     for rid in faulted.run_ids:
         log = (faulted.run_dir(rid) / "train.log").read_text()
         done_lines[rid] = sum(" done: mIoU" in line for line in log.splitlines())
-        attempts[json.loads((faulted.run_dir(rid) / "status.json").read_text()).get("attempts", 0)] += 1
+        attempts[faulted.store.status(rid).get("attempts", 0)] += 1
         a, b = (json.loads((s.run_dir(rid) / "metrics.json").read_text())["mIoU"] for s in (clean, faulted))
         if a != b:
             differ.append((rid, a, b))
@@ -372,12 +372,6 @@ def plot(path: Path, clean: Sweep, faulted: Sweep, faults: list) -> None:
     plt.close(fig)
 
 
-def save(work: Path, figures: dict) -> None:
-    tmp = work / "figures.json.tmp"
-    tmp.write_text(json.dumps(figures, indent=1))
-    os.replace(tmp, work / "figures.json")
-
-
 def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, tmpfs_mb: int,
           order: tuple[str, ...] = (), keep: bool = False, submit_only: bool = False,
           reference: str = "slurm") -> dict:
@@ -401,16 +395,15 @@ def bench(work: Path, cells: int, nodes: int, jobs: int, gap: float, seed: int, 
                 figures = {"cells": cells, "nodes": nodes, "jobs": jobs,
                            "clean": {**clean_run(clean, log, submit_only), "backend": "slurm"}}
             figures["clean"]["samples"] = clean.samples  # (s, cells done): the plot's curve
-            save(work, figures)  # each stage's figures kept as it ends: a 1,000-cell run takes hours
+            # each stage's figures kept as it ends: a 1,000-cell run takes hours
+            atomic_write_json(work / "figures.json", figures)
             if submit_only:
                 return figures
             figures["faulted"] = faulted_run(faulted, gap, random.Random(seed), order, log)
-            save(work, figures)
-        if figures["faulted"].get("interrupted"):
-            plot(work / "cells_done.png", clean, faulted, figures["faulted"]["faults"])
-            return figures
-        figures["check"] = check(clean, faulted)
-        save(work, figures)
+            atomic_write_json(work / "figures.json", figures)
+        if not figures["faulted"].get("interrupted"):
+            figures["check"] = check(clean, faulted)
+            atomic_write_json(work / "figures.json", figures)
         plot(work / "cells_done.png", clean, faulted, figures["faulted"]["faults"])
         return figures
     finally:

@@ -219,8 +219,7 @@ def submit(store: Store, runs: list[RunSpec], executor: dict, follow: list[RunSp
     which jobs of an earlier `harness run` hold (a driver killed or logged out, then started again)."""
     me = owner(backend="slurm")
     claimed, final = claim_all(store, runs, me, executor["stale_after"])
-    jobs_of = {spec.run_id: store.status(spec.run_id).get("job_id") for spec in follow}
-    followed = {rid: job for rid, job in jobs_of.items() if job}
+    followed = {spec.run_id: job for spec in follow if (job := store.status(spec.run_id).get("job_id"))}
     follow = [spec for spec in follow if spec.run_id in followed]
     if followed:
         print(f"following {len(followed)} run(s) that SLURM jobs of an earlier `harness run` hold",
